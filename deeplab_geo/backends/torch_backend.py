@@ -1,0 +1,86 @@
+"""The built-in PyTorch backend: CUDA when present, CPU otherwise.
+
+On CUDA it runs under autocast (bfloat16 where supported, else float16) with channels-last
+tensors, pinned host memory and non-blocking copies. On CPU it runs fp32 with channels-last,
+which more than doubles the throughput of MobileNet-style models on this kind of machine.
+Models are cached per (checkpoint, device): each process loads a model once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from deeplab_geo.errors import BackendError
+from deeplab_geo.hookspecs import hookimpl
+from deeplab_geo.models.checkpoint import ModelInfo, load_checkpoint, resolve
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks the first CUDA device when one is usable, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendError(f"device '{device}' requested but CUDA is not available; "
+                           "set model.device to cpu or auto")
+    return torch.device(device)
+
+
+class TorchPredictor:
+    """A loaded model that turns raw tiles into class probabilities."""
+
+    def __init__(self, model: torch.nn.Module, info: ModelInfo, device: torch.device) -> None:
+        self.info = info
+        self.device = device
+        self.model = model.to(device, memory_format=torch.channels_last).eval()
+        norm = info.normalization
+        shape = (1, info.in_channels, 1, 1)
+        scale = float(norm.get("scale", 1.0))
+        mean = torch.tensor(norm["mean"], dtype=torch.float32).view(shape) * scale
+        std = torch.tensor(norm["std"], dtype=torch.float32).view(shape) * scale
+        self._mean, self._std = mean.to(device), std.to(device)
+        if device.type == "cuda":
+            self._autocast = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self._autocast = None
+
+    def predict(self, tiles: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(B, C, H, W)`` float32 for raw tiles ``(B, bands, H, W)``."""
+        if tiles.ndim != 4 or tiles.shape[1] != self.info.in_channels:
+            raise BackendError(f"expected tiles of shape (B, {self.info.in_channels}, H, W), "
+                               f"got {tiles.shape}")
+        batch = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))
+        cuda = self.device.type == "cuda"
+        if cuda:
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=cuda)
+        batch = ((batch - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self._autocast is not None:
+                with torch.autocast("cuda", dtype=self._autocast):
+                    logits = self.model(batch)["out"]
+            else:
+                logits = self.model(batch)["out"]
+            probs = torch.softmax(logits.float(), dim=1)
+        return probs.contiguous().cpu().numpy()
+
+
+class TorchBackend:
+    name = "torch"
+    description = "PyTorch (CUDA with autocast when available, else CPU fp32 channels-last)"
+
+    def load(self, checkpoint: str, *, device: str = "auto") -> TorchPredictor:
+        return _load_cached(str(resolve(checkpoint)), str(resolve_device(device)))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(weights: str, device: str) -> TorchPredictor:
+    model, info = load_checkpoint(weights)
+    return TorchPredictor(model, info, torch.device(device))
+
+
+@hookimpl
+def register_backends():
+    return [TorchBackend()]

@@ -1,0 +1,271 @@
+"""Pipeline configuration: a YAML file validated into typed, immutable settings.
+
+Relative paths in a pipeline file resolve against the folder that holds the YAML file, so a
+pipeline runs the same from any working directory. A checkpoint may also name a model shipped
+with the package as ``builtin:<name>`` (see :mod:`deeplab_geo.models.checkpoint`).
+
+Unknown keys, wrong types and out-of-range values raise :class:`~deeplab_geo.errors.ConfigError`
+with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deeplab_geo.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ModelSettings(_Section):
+    """Which model to run and where."""
+
+    checkpoint: str = "builtin:landcover-demo"
+    backend: str = "torch"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    batch_size: int = Field(4, ge=1, le=1024)
+
+
+class TilingSettings(_Section):
+    """How the raster is cut into overlapping windows (sizes in pixels)."""
+
+    tile_size: int = Field(512, ge=16, le=8192)
+    overlap: int = Field(64, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> TilingSettings:
+        if self.overlap >= self.tile_size:
+            raise ValueError(
+                f"overlap ({self.overlap}) must be smaller than tile_size ({self.tile_size})"
+            )
+        return self
+
+
+class CRFSettings(_Section):
+    """Fully connected CRF (Krähenbühl & Koltun) as used by DeepLab; spatial terms in pixels.
+
+    Defaults are the released DeepLab ResNet-101 setting: w1=4, theta_alpha=67, theta_beta=3,
+    w2=3, theta_gamma=1, 10 mean-field iterations.
+    """
+
+    enabled: bool = True
+    iterations: int = Field(10, ge=1, le=100)
+    w1: float = Field(4.0, ge=0)
+    theta_alpha: float = Field(67.0, gt=0)
+    theta_beta: float = Field(3.0, gt=0)
+    w2: float = Field(3.0, ge=0)
+    theta_gamma: float = Field(1.0, gt=0)
+
+
+class VectorizeSettings(_Section):
+    """Polygon output. ``simplify`` is a tolerance in map units; ``min_area`` is in m²."""
+
+    enabled: bool = True
+    simplify: float = Field(0.0, ge=0)
+    min_area: float = Field(0.0, ge=0)
+    connectivity: Literal[4, 8] = 8
+
+
+class ExecutionSettings(_Section):
+    """Local dask scheduler settings."""
+
+    workers: int = Field(2, ge=1, le=256)
+
+
+class PipelineConfig(_Section):
+    """A validated pipeline. Paths are absolute once loaded through :func:`load_pipeline`."""
+
+    input: Path
+    output_dir: Path
+    model: ModelSettings = ModelSettings()
+    tiling: TilingSettings = TilingSettings()
+    crf: CRFSettings = CRFSettings()
+    vectorize: VectorizeSettings = VectorizeSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    quicklook: bool = True
+
+
+def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read, validate and resolve a pipeline YAML file.
+
+    Args:
+        path: the YAML file. Relative paths inside it resolve against its folder.
+        overrides: dotted keys (``"crf.enabled"``) to values, applied before validation; relative
+            paths given here resolve against the working directory.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or does not validate.
+    """
+    return load_yaml_config(path, PipelineConfig, overrides)
+
+
+def validate_pipeline(data: dict[str, Any], source: str = "pipeline") -> PipelineConfig:
+    """Validate an already-parsed mapping; relative paths are taken as they are."""
+    return _validate(PipelineConfig, data, source)
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def load_yaml_config(path: str | Path, schema: type[_Model],
+                     overrides: dict[str, Any] | None = None) -> _Model:
+    """Read a YAML file safely and validate it against ``schema``.
+
+    Fields whose type is a path (``Path`` or ``Path | None``) and ``model.checkpoint`` resolve
+    against the YAML file's folder; ``builtin:`` checkpoints are left as they are.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; give a YAML file") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a YAML mapping of keys to values")
+    data = _resolve_paths(schema, data, path.parent.resolve())
+    for dotted, value in (overrides or {}).items():
+        if isinstance(value, Path):
+            value = str(value.resolve())
+        _set_dotted(data, dotted, value)
+    return _validate(schema, data, str(path))
+
+
+def _validate(schema: type[_Model], data: dict[str, Any], source: str) -> _Model:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(schema, exc)}") from None
+
+
+def _resolve_paths(schema: type[BaseModel], data: dict[str, Any], base: Path) -> dict[str, Any]:
+    data = dict(data)
+    for name, field in schema.model_fields.items():
+        value = data.get(name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if isinstance(value, dict):
+                data[name] = _resolve_paths(annotation, value, base)
+        elif isinstance(value, str) and _is_path_field(name, annotation):
+            if not value.startswith("builtin:"):
+                data[name] = str((base / value).resolve())
+    return data
+
+
+def _is_path_field(name: str, annotation: Any) -> bool:
+    return annotation is Path or Path in get_args(annotation) or name == "checkpoint"
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: '{part}' is not a section")
+        node[part] = child = dict(child)
+        node = child
+    node[leaf] = value
+
+
+def _describe(schema: type[BaseModel], exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "pipeline"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = _section_for(schema, err["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else ""
+        return f"unknown key '{key}'; allowed keys here: {allowed}"
+    if kind == "missing":
+        return f"missing required key '{key}'; add it to the pipeline"
+    if kind == "value_error":
+        return f"{key}: {err['msg'].removeprefix('Value error, ')}"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _section_for(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model = schema
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+class SyntheticDataSettings(_Section):
+    """Generated land-cover scenes (``deeplab-geo sample``) as training data.
+
+    Seeds used for training must differ from validation seeds and from the demo scene (seed 0).
+    """
+
+    kind: Literal["synthetic"] = "synthetic"
+    train_seeds: list[int] = Field(min_length=1)
+    val_seeds: list[int] = Field(default_factory=list)
+    size: int = Field(1024, ge=64, le=8192)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> SyntheticDataSettings:
+        if set(self.train_seeds) & set(self.val_seeds):
+            raise ValueError("train_seeds and val_seeds overlap; keep validation scenes unseen")
+        return self
+
+
+class ModelSpec(_Section):
+    """Architecture to train (see ``deeplab_geo.models.available()``)."""
+
+    architecture: str = "deeplabv3_lite_mobilenet_v3_small"
+    output_stride: Literal[8, 16] = 8
+
+
+class OptimSettings(_Section):
+    """DeepLab's recipe by default: SGD, momentum 0.9, weight decay 5e-4, poly lr (power 0.9)."""
+
+    steps: int = Field(20000, ge=1)
+    batch_size: int = Field(10, ge=1)
+    crop_size: int = Field(321, ge=16)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(2.5e-4, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)
+    log_every: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _scales(self) -> OptimSettings:
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}")
+        return self
+
+
+class TrainConfig(_Section):
+    """A training run: data, architecture, optimisation, and the checkpoint to write."""
+
+    data: SyntheticDataSettings
+    model: ModelSpec = ModelSpec()
+    train: OptimSettings = OptimSettings()
+    output: Path
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read and validate a training YAML file (paths relative to its folder)."""
+    return load_yaml_config(path, TrainConfig, overrides)

@@ -1,0 +1,74 @@
+"""Evaluation of class maps against ground truth, block by block over whole rasters."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from deeplab_geo import io
+from deeplab_geo.config import PipelineConfig
+from deeplab_geo.errors import InputError
+from deeplab_geo.metrics import IGNORE_INDEX, Scores, confusion_matrix, scores
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores of one prediction, with the matrix they came from."""
+
+    name: str
+    matrix: np.ndarray
+    scores: Scores
+
+    def as_dict(self, class_names: list[str]) -> dict:
+        return {"name": self.name, **self.scores.as_dict(class_names),
+                "confusion_matrix": self.matrix.tolist()}
+
+
+def evaluate_raster(prediction: Path, labels: Path, num_classes: int, name: str = "") -> Evaluation:
+    """Compare a class raster with a label raster on the same grid (label 255 ignored).
+
+    Reads both block by block, so memory does not grow with the raster.
+    """
+    with io.open_raster(prediction) as pred_ds, io.open_raster(labels) as label_ds:
+        if (pred_ds.width, pred_ds.height) != (label_ds.width, label_ds.height) or \
+                not pred_ds.transform.almost_equals(label_ds.transform):
+            raise InputError(f"{prediction.name} and {labels.name} are not on the same grid; "
+                             "resample the labels to the prediction's grid first")
+        label_nodata = label_ds.nodata
+        matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+        for _, window in pred_ds.block_windows(1):
+            target = label_ds.read(1, window=window)
+            if label_nodata is not None and label_nodata != IGNORE_INDEX:
+                target = np.where(target == label_nodata, IGNORE_INDEX, target)
+            matrix += confusion_matrix(pred_ds.read(1, window=window), target, num_classes)
+    return Evaluation(name or prediction.name, matrix, scores(matrix))
+
+
+def evaluate_pipeline(config: PipelineConfig, labels: Path,
+                      crf_modes: tuple[bool, ...] = (False, True)) -> list[Evaluation]:
+    """Run a pipeline's model on its input, with and/or without CRF, and score each class map.
+
+    Only the class raster is produced (no polygons, no quicklook), in a temporary folder.
+    """
+    from deeplab_geo.pipeline import run
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="deeplab-geo-eval-") as tmp:
+        for enabled in crf_modes:
+            out = Path(tmp) / ("crf" if enabled else "nocrf")
+            cfg = config.model_copy(update={
+                "output_dir": out, "quicklook": False,
+                "crf": config.crf.model_copy(update={"enabled": enabled}),
+                "vectorize": config.vectorize.model_copy(update={"enabled": False}),
+            })
+            result = run(cfg)
+            classes = result.outputs["classes"]
+            with rasterio.open(classes) as ds:
+                num_classes = len(ds.tags()["CLASS_NAMES"].split(","))
+            results.append(evaluate_raster(classes, labels, num_classes,
+                                           "with CRF" if enabled else "without CRF"))
+    return results

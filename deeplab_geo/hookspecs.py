@@ -1,0 +1,38 @@
+"""The public plugin contract of deeplab-geo.
+
+Plugins are Python modules (or objects) with functions marked ``@hookimpl``; they are found
+through the ``deeplab_geo`` entry-point group, exactly like the built-in torch backend::
+
+    # pyproject.toml of a plugin package
+    [project.entry-points.deeplab_geo]
+    mybackend = "my_package.backend"
+
+A backend is any object with:
+
+* ``name`` (str): the value users put in ``model.backend``;
+* ``description`` (str): one line shown by ``deeplab-geo backends``;
+* ``load(checkpoint, *, device) -> Predictor``: load a model once (per process).
+
+A predictor is any object with:
+
+* ``info`` (:class:`deeplab_geo.models.checkpoint.ModelInfo`): classes, colours, bands;
+* ``predict(tiles) -> probabilities``: ``tiles`` is a float32 array ``(B, bands, H, W)`` of raw
+  pixel values (the predictor normalises them); the result is a float32 array
+  ``(B, num_classes, H, W)`` of class probabilities that sum to 1 over the class axis.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("deeplab_geo")
+hookimpl = pluggy.HookimplMarker("deeplab_geo")
+
+
+@hookspec
+def register_backends():
+    """Return a list of backend objects this plugin provides.
+
+    Called once when the plugin manager is built (:func:`deeplab_geo.plugins.get_plugin_manager`).
+    Backend names must be unique across all plugins.
+    """

@@ -1,0 +1,226 @@
+"""The segmentation pipeline: raster in, class map, confidence, polygons and a report out.
+
+Data flow (one dask graph, run by the local threaded scheduler)::
+
+    tile_grid ─► batches ─► [read windows ─► backend.predict ─► crf.refine ─► cores]
+                                                      └─► ClassMapWriter.write (streamed)
+    ─► COGs ─► polygons (GeoPackage) ─► quicklook PNG ─► run.json
+
+Each batch task reads its own windows and hands its cores to a write task, so a finished batch
+is written as soon as it is done and nothing scene-sized is kept in memory. All outputs are
+staged and published together: a failed run leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import rasterio
+from dask.callbacks import Callback
+
+import deeplab_geo
+from deeplab_geo import crf as crf_module
+from deeplab_geo import io, tiling
+from deeplab_geo.config import CRFSettings, PipelineConfig
+from deeplab_geo.plugins import get_backend
+from deeplab_geo.quicklook import render_quicklook
+from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, ClassMapWriter
+from deeplab_geo.vectorize import polygonize, write_polygons
+
+ProgressFactory = Callable[[int], Any]
+
+
+@dataclass
+class RunResult:
+    """What a run produced: final output paths and the report written to ``run.json``."""
+
+    outputs: dict[str, Path]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _TileJob:
+    """Everything a worker needs to process a batch of tiles (small and picklable)."""
+
+    raster: str
+    tiles: list[tiling.Tile]
+    backend: str
+    checkpoint: str
+    device: str
+    crf: CRFSettings | None
+
+
+def output_names(input_path: Path) -> dict[str, str]:
+    """Final file names of a run, derived from the input's stem."""
+    stem = input_path.stem
+    return {
+        "classes": f"{stem}_classes.tif",
+        "confidence": f"{stem}_confidence.tif",
+        "polygons": f"{stem}.gpkg",
+        "quicklook": f"{stem}_quicklook.png",
+        "report": "run.json",
+    }
+
+
+def run(config: PipelineConfig, *, progress: ProgressFactory | None = None) -> RunResult:
+    """Run a pipeline end to end.
+
+    Args:
+        config: a validated pipeline (see :func:`deeplab_geo.config.load_pipeline`).
+        progress: called with the number of tiles; returns an object with ``update(n)`` and
+            ``close()`` (a ``tqdm`` bar, say). ``None`` shows nothing.
+
+    Raises:
+        DeepLabGeoError: bad input, checkpoint, backend or output directory; nothing is written.
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    backend = get_backend(config.model.backend)
+    predictor = backend.load(config.model.checkpoint, device=config.model.device)
+    info = predictor.info
+    with io.open_raster(config.input) as ds:
+        io.check_raster(ds, bands=info.in_channels)
+        profile = ds.profile
+        grid = tiling.tile_grid(ds.height, ds.width, config.tiling.tile_size,
+                                config.tiling.overlap)
+    timings["load"] = time.perf_counter() - started
+    names = output_names(config.input)
+    with io.staged_outputs(config.output_dir) as staging:
+        staged = {key: staging / name for key, name in names.items()}
+        writer = ClassMapWriter(profile, staged["classes"], staged["confidence"], info.classes,
+                                info.colours)
+        try:
+            t0 = time.perf_counter()
+            _predict_all(config, grid, writer, progress)
+            timings["predict_and_refine"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            writer.finish()
+            timings["write_cog"] = time.perf_counter() - t0
+        finally:
+            writer.close()
+        polygon_count = None
+        if config.vectorize.enabled:
+            t0 = time.perf_counter()
+            frame = polygonize(staged["classes"], staged["confidence"], info.classes,
+                               config.vectorize)
+            write_polygons(frame, staged["polygons"])
+            polygon_count = len(frame)
+            timings["vectorize"] = time.perf_counter() - t0
+        else:
+            del staged["polygons"]
+        if config.quicklook:
+            t0 = time.perf_counter()
+            render_quicklook(config.input, staged["classes"], info.classes, info.colours,
+                             staged["quicklook"])
+            timings["quicklook"] = time.perf_counter() - t0
+        else:
+            del staged["quicklook"]
+        timings["total"] = time.perf_counter() - started
+        report = _report(config, profile, grid, writer.counts, info.classes, timings,
+                         polygon_count)
+        staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        outputs = io.publish(staged, config.output_dir)
+    return RunResult(outputs=outputs, report=report)
+
+
+def _predict_all(config: PipelineConfig, grid: list[tiling.Tile], writer: ClassMapWriter,
+                 progress: ProgressFactory | None) -> None:
+    crf = config.crf if config.crf.enabled else None
+    jobs = [
+        _TileJob(str(config.input), batch, config.model.backend, config.model.checkpoint,
+                 config.model.device, crf)
+        for batch in tiling.batched(grid, config.model.batch_size)
+    ]
+    tasks = []
+    for i, job in enumerate(jobs):
+        result = dask.delayed(process_batch, pure=True)(job, dask_key_name=f"batch-{i}")
+        tasks.append(dask.delayed(_write_batch)(writer, job, result,
+                                                dask_key_name=f"write-{i}"))
+    bar = progress(len(grid)) if progress else None
+    try:
+        with _ProgressCallback(bar):
+            dask.compute(*tasks, scheduler="threads", num_workers=config.execution.workers)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def process_batch(job: _TileJob) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Predict (and refine) a batch of tiles; returns each tile's core classes and confidence.
+
+    Tiles whose pixels are all nodata cost no inference; nodata pixels come out as class
+    ``CLASS_NODATA`` with confidence ``CONFIDENCE_NODATA``.
+    """
+    predictor = get_backend(job.backend).load(job.checkpoint, device=job.device)
+    with rasterio.open(job.raster) as ds:
+        reads = [io.read_window(ds, tile.read_window) for tile in job.tiles]
+    todo = [i for i, (_, valid) in enumerate(reads) if valid.any()]
+    probs = dict(zip(todo, predictor.predict(np.stack([reads[i][0] for i in todo])))) \
+        if todo else {}
+    results = []
+    for i, (tile, (pixels, valid)) in enumerate(zip(job.tiles, reads)):
+        rows, cols = tile.core_slices
+        core_valid = valid[rows, cols]
+        if i not in probs:
+            results.append((np.full(core_valid.shape, CLASS_NODATA, np.uint8),
+                            np.full(core_valid.shape, CONFIDENCE_NODATA, np.float32)))
+            continue
+        p = probs[i]
+        if job.crf is not None:
+            p = crf_module.refine(p, crf_module.colour_features(pixels), job.crf)
+        p = p[:, rows, cols]
+        classes = p.argmax(0).astype(np.uint8)
+        confidence = p.max(0).astype(np.float32)
+        classes[~core_valid] = CLASS_NODATA
+        confidence[~core_valid] = CONFIDENCE_NODATA
+        results.append((classes, confidence))
+    return results
+
+
+def _write_batch(writer: ClassMapWriter, job: _TileJob,
+                 results: list[tuple[np.ndarray, np.ndarray]]) -> int:
+    for tile, (classes, confidence) in zip(job.tiles, results):
+        writer.write(tile, classes, confidence)
+    return len(job.tiles)
+
+
+class _ProgressCallback(Callback):
+    """Advance a progress bar by the tiles of each finished write task."""
+
+    def __init__(self, bar: Any) -> None:
+        super().__init__()
+        self._bar = bar
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        if self._bar is not None and isinstance(key, str) and key.startswith("write-"):
+            self._bar.update(result)
+
+
+def _report(config: PipelineConfig, profile: dict, grid: list[tiling.Tile], counts: np.ndarray,
+            class_names: list[str], timings: dict[str, float],
+            polygon_count: int | None) -> dict[str, Any]:
+    import torch
+
+    pixels = int(profile["width"]) * int(profile["height"])
+    return {
+        "config": json.loads(config.model_dump_json()),
+        "versions": {
+            "deeplab_geo": deeplab_geo.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "rasterio": rasterio.__version__,
+            "gdal": rasterio.__gdal_version__, "dask": dask.__version__,
+        },
+        "raster": {"width": profile["width"], "height": profile["height"],
+                   "crs": profile["crs"].to_string(), "tiles": len(grid)},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "throughput_mpx_s": round(pixels / 1e6 / timings["predict_and_refine"], 4),
+        "pixels_per_class": {n: int(c) for n, c in zip(class_names, counts)},
+        "polygons": polygon_count,
+    }

@@ -1,0 +1,75 @@
+"""Plugin manager: built-in plugins and those installed under the ``deeplab_geo`` entry points."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from deeplab_geo import hookspecs
+from deeplab_geo.errors import BackendError
+
+ENTRY_POINT_GROUP = "deeplab_geo"
+
+# Built-in plugins, registered under the same names as their entry points, so that a source
+# checkout that is not pip-installed still has them and entry points do not register them twice.
+DEFAULT_PLUGINS = {"torch": "deeplab_geo.backends.torch_backend"}
+
+
+@functools.cache
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process's plugin manager: hookspecs, built-in plugins and installed plugins.
+
+    Built on first use, not at import. Tests and applications may ``register`` more plugins on
+    it (and ``unregister`` them afterwards).
+    """
+    pm = pluggy.PluginManager("deeplab_geo")
+    pm.add_hookspecs(hookspecs)
+    for name, module in DEFAULT_PLUGINS.items():
+        pm.register(importlib.import_module(module), name=name)
+    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    return pm
+
+
+@dataclass(frozen=True)
+class RegisteredBackend:
+    """A backend and the plugin that provided it."""
+
+    backend: Any
+    plugin: str
+    source: str
+
+
+def registered_backends(pm: pluggy.PluginManager | None = None) -> dict[str, RegisteredBackend]:
+    """All backends by name, with the plugin (and distribution) that registered each."""
+    pm = pm or get_plugin_manager()
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    found: dict[str, RegisteredBackend] = {}
+    for impl in reversed(pm.hook.register_backends.get_hookimpls()):
+        plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        dist = dists.get(id(impl.plugin))
+        source = f"{dist.project_name} {dist.version}" if dist else "built-in"
+        for backend in impl.function() or []:
+            if backend.name in found:
+                raise BackendError(
+                    f"backend '{backend.name}' is registered by both "
+                    f"{found[backend.name].plugin} and {plugin_name}; uninstall one")
+            found[backend.name] = RegisteredBackend(backend, plugin_name, source)
+    return found
+
+
+def get_backend(name: str, pm: pluggy.PluginManager | None = None) -> Any:
+    """The backend registered as ``name``.
+
+    Raises:
+        BackendError: no such backend; the message lists the registered ones.
+    """
+    backends = registered_backends(pm)
+    if name not in backends:
+        raise BackendError(
+            f"no backend named '{name}'; registered: {', '.join(sorted(backends))} "
+            "(install the plugin that provides it)")
+    return backends[name].backend

@@ -1,0 +1,52 @@
+"""Quicklook PNG: the input beside its coloured class map, with a legend.
+
+Both rasters are read at reduced resolution (decimated reads), so memory does not grow with the
+scene.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image, ImageDraw
+from rasterio.enums import Resampling
+
+from deeplab_geo.crf import colour_features
+from deeplab_geo.stitch import CLASS_NODATA
+
+_MAX_SIDE = 1024
+_LEGEND_ROW = 22
+
+
+def render_quicklook(input_path: Path, classes_path: Path, class_names: list[str],
+                     colours: list[list[int]], out_path: Path) -> None:
+    """Write a PNG: input (left), classes (right), legend (below)."""
+    with rasterio.open(input_path) as src:
+        shape = _preview_shape(src.height, src.width)
+        image = src.read(out_shape=(src.count, *shape), resampling=Resampling.average)
+    with rasterio.open(classes_path) as src:
+        classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(colours)] = np.asarray(colours, dtype=np.uint8)
+    palette[CLASS_NODATA] = (0, 0, 0)
+    left = Image.fromarray(colour_features(image))
+    right = Image.fromarray(palette[classes])
+    height, width = shape
+    legend_height = _LEGEND_ROW * ((len(class_names) + 2) // 3) + 8
+    canvas = Image.new("RGB", (2 * width + 8, height + legend_height), "white")
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (width + 8, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, colour) in enumerate(zip(class_names, colours)):
+        x = 8 + (i % 3) * max(120, (2 * width) // 3)
+        y = height + 6 + (i // 3) * _LEGEND_ROW
+        draw.rectangle([x, y, x + 14, y + 14], fill=tuple(colour), outline="black")
+        draw.text((x + 20, y + 1), name, fill="black")
+    canvas.save(out_path)
+
+
+def _preview_shape(height: int, width: int) -> tuple[int, int]:
+    scale = min(1.0, _MAX_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))

@@ -1,0 +1,92 @@
+"""Window grids: pure functions that cut a raster into overlapping tiles.
+
+Overlap rule (one axis of length ``n``, tile size ``t``, overlap ``o``, stride ``s = t - o``):
+
+* If ``n <= t`` there is one tile covering ``[0, n)``; it is smaller than ``t`` and the model
+  pads it itself.
+* Otherwise the axis gets the fewest tiles of size ``t`` whose overlaps are all at least ``o``,
+  ``k = ceil((n - o) / s)``, spread evenly: tile ``i`` starts at ``round(i * (n - t) / (k - 1))``,
+  so the first starts at 0 and the last ends at ``n``. Every tile lies inside the raster.
+* Each tile owns a *core*: the cut between two neighbouring cores is the middle of their
+  overlap, so cores partition ``[0, n)`` exactly, and every core pixel not on the raster edge is
+  at least ``o // 2`` pixels from its tile's border. Stitching keeps only the cores, so every
+  pixel is predicted with context on all sides and no pixel is written twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+from rasterio.windows import Window
+
+
+@dataclass(frozen=True)
+class Span:
+    """A half-open interval ``[start, stop)`` of pixel indices."""
+
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One window to predict (``read``) and the part of it that is kept (``core``).
+
+    Both are in raster pixel coordinates; ``core`` lies inside ``read``.
+    """
+
+    row: Span
+    col: Span
+    core_row: Span
+    core_col: Span
+
+    @property
+    def read_window(self) -> Window:
+        return Window(self.col.start, self.row.start, self.col.size, self.row.size)
+
+    @property
+    def core_window(self) -> Window:
+        return Window(self.core_col.start, self.core_row.start, self.core_col.size,
+                      self.core_row.size)
+
+    @property
+    def core_slices(self) -> tuple[slice, slice]:
+        """Slices that cut the core out of an array covering the read window."""
+        r0 = self.core_row.start - self.row.start
+        c0 = self.core_col.start - self.col.start
+        return slice(r0, r0 + self.core_row.size), slice(c0, c0 + self.core_col.size)
+
+
+def axis_spans(length: int, tile_size: int, overlap: int) -> list[tuple[Span, Span]]:
+    """Cut one axis into (tile, core) spans following the module's overlap rule."""
+    if length < 1:
+        raise ValueError(f"axis length must be positive, got {length}")
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"need 0 <= overlap < tile_size, got {overlap} and {tile_size}")
+    if length <= tile_size:
+        whole = Span(0, length)
+        return [(whole, whole)]
+    count = -(-(length - overlap) // (tile_size - overlap))
+    starts = [round(i * (length - tile_size) / (count - 1)) for i in range(count)]
+    tiles = [Span(s, s + tile_size) for s in starts]
+    cuts = [0] + [(a.stop + b.start) // 2 for a, b in zip(tiles, tiles[1:])] + [length]
+    return [(t, Span(c0, c1)) for t, c0, c1 in zip(tiles, cuts, cuts[1:])]
+
+
+def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:
+    """All tiles of a ``height`` x ``width`` raster, in row-major order."""
+    rows = axis_spans(height, tile_size, overlap)
+    cols = axis_spans(width, tile_size, overlap)
+    return [Tile(r, c, rc, cc) for (r, rc), (c, cc) in product(rows, cols)]
+
+
+def batched(items: list, size: int) -> list[list]:
+    """Split ``items`` into consecutive lists of at most ``size`` elements."""
+    if size < 1:
+        raise ValueError(f"batch size must be positive, got {size}")
+    return [items[i:i + size] for i in range(0, len(items), size)]

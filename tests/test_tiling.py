@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from deeplab_geo.tiling import axis_spans, batched, tile_grid
+
+
+@pytest.mark.parametrize("length", [1, 7, 31, 32, 33, 63, 64, 100, 257, 1000, 2049])
+@pytest.mark.parametrize("tile,overlap", [(32, 0), (32, 8), (64, 16), (64, 63)])
+def test_axis_spans_partition_and_rules(length, tile, overlap):
+    spans = axis_spans(length, tile, overlap)
+    cores = [core for _, core in spans]
+    # cores partition [0, length) exactly, in order
+    assert cores[0].start == 0 and cores[-1].stop == length
+    assert all(a.stop == b.start for a, b in zip(cores, cores[1:]))
+    for span, core in spans:
+        assert 0 <= span.start <= core.start < core.stop <= span.stop <= length
+        assert span.size == min(tile, length)
+    # neighbouring tiles overlap by at least `overlap`; interior core edges keep overlap // 2
+    for (a, _), (b, core_b) in zip(spans, spans[1:]):
+        assert a.stop - b.start >= overlap
+        assert core_b.start - b.start >= overlap // 2
+        assert a.stop - core_b.start >= overlap // 2
+
+
+def test_axis_spans_spread_evenly():
+    spans = axis_spans(1000, 512, 64)
+    assert [s.start for s, _ in spans] == [0, 244, 488]
+
+
+def test_tile_grid_covers_every_pixel_once_including_last_partial_row_and_column():
+    height, width = 130, 77
+    hits = np.zeros((height, width), int)
+    for tile in tile_grid(height, width, 32, 8):
+        rows, cols = tile.core_slices
+        window = tile.read_window
+        assert window.width == 32 and window.height == 32
+        block = np.zeros((32, 32), int)
+        block[rows, cols] = 1
+        hits[window.row_off:window.row_off + 32, window.col_off:window.col_off + 32] += block
+    assert (hits == 1).all()
+
+
+def test_raster_smaller_than_a_tile_is_one_tile():
+    (tile,) = tile_grid(10, 20, 512, 64)
+    assert (tile.read_window.height, tile.read_window.width) == (10, 20)
+    assert tile.core_window == tile.read_window
+
+
+@pytest.mark.parametrize("tile,overlap", [(32, 32), (32, 40), (32, -1)])
+def test_invalid_overlap_rejected(tile, overlap):
+    with pytest.raises(ValueError, match="overlap"):
+        axis_spans(100, tile, overlap)
+
+
+def test_batched():
+    assert batched(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
+    with pytest.raises(ValueError):
+        batched([1], 0)
