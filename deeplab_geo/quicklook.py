@@ -25,7 +25,8 @@ def render_quicklook(input_path: Path, classes_path: Path, class_names: list[str
     """Write a PNG: input (left), classes (right), legend (below)."""
     with rasterio.open(input_path) as src:
         shape = _preview_shape(src.height, src.width)
-        image = src.read(out_shape=(src.count, *shape), resampling=Resampling.average)
+        resampling = Resampling.average if shape[0] < src.height else Resampling.nearest
+        image = src.read(out_shape=(src.count, *shape), resampling=resampling)
     with rasterio.open(classes_path) as src:
         classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
     palette = np.zeros((256, 3), dtype=np.uint8)
@@ -48,5 +49,6 @@ def render_quicklook(input_path: Path, classes_path: Path, class_names: list[str
 
 
 def _preview_shape(height: int, width: int) -> tuple[int, int]:
-    scale = min(1.0, _MAX_SIDE / max(height, width))
+    """Fit the longer side to 1024 px; small rasters are enlarged at most 8 times."""
+    scale = min(8.0, _MAX_SIDE / max(height, width))
     return max(1, round(height * scale)), max(1, round(width * scale))

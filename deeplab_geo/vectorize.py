@@ -55,17 +55,16 @@ def area_m2(geoms: np.ndarray, crs: CRS) -> np.ndarray:
     return shapely.area(geoms) * factor**2
 
 
-def polygonize(classes_path: Path, confidence_path: Path, class_names: list[str],
+def polygonize(classes_path: Path, confidence_path: Path | None, class_names: list[str],
                settings: VectorizeSettings) -> gpd.GeoDataFrame:
-    """Polygons of a class raster with their attributes (see module docstring)."""
-    with rasterio.open(classes_path) as src, rasterio.open(confidence_path) as conf_src:
+    """Polygons of a class raster with their attributes (see module docstring).
+
+    Without a confidence raster (ground truth, say) the ``mean_confidence`` field is omitted.
+    """
+    with rasterio.open(classes_path) as src:
         classes = src.read(1)
-        confidence = conf_src.read(1)
         transform, crs = src.transform, CRS.from_wkt(src.crs.to_wkt())
     regions, region_class = label_regions(classes, settings.connectivity)
-    counts = np.bincount(regions.ravel(), minlength=len(region_class))
-    conf_sum = np.bincount(regions.ravel(), weights=confidence.ravel().astype(np.float64),
-                           minlength=len(region_class))
     parts: dict[int, list] = defaultdict(list)
     for geom, value in rasterio.features.shapes(regions, mask=regions > 0,
                                                 connectivity=settings.connectivity,
@@ -76,15 +75,25 @@ def polygonize(classes_path: Path, confidence_path: Path, class_names: list[str]
     if settings.simplify > 0 and len(geoms):
         geoms = shapely.simplify(geoms, settings.simplify, preserve_topology=True)
     cls = region_class[ids] if len(ids) else np.array([], dtype=np.int32)
-    frame = gpd.GeoDataFrame({
+    fields = {
         "class_id": cls.astype(np.int32),
         "class_name": [class_names[c] for c in cls],
         "area_m2": area_m2(geoms, crs) if len(geoms) else np.array([], dtype=float),
-        "mean_confidence": (conf_sum[ids] / np.maximum(counts[ids], 1)).astype(np.float32),
-    }, geometry=list(geoms), crs=crs)
+    }
+    if confidence_path is not None:
+        fields["mean_confidence"] = _region_means(regions, confidence_path, len(region_class))[ids]
+    frame = gpd.GeoDataFrame(fields, geometry=list(geoms), crs=crs)
     if settings.min_area > 0:
         frame = frame[frame["area_m2"] >= settings.min_area].reset_index(drop=True)
     return frame
+
+
+def _region_means(regions: np.ndarray, raster: Path, n_regions: int) -> np.ndarray:
+    with rasterio.open(raster) as src:
+        values = src.read(1).astype(np.float64)
+    counts = np.bincount(regions.ravel(), minlength=n_regions)
+    sums = np.bincount(regions.ravel(), weights=values.ravel(), minlength=n_regions)
+    return (sums / np.maximum(counts, 1)).astype(np.float32)
 
 
 def write_polygons(frame: gpd.GeoDataFrame, path: Path, layer: str = LAYER) -> None:
