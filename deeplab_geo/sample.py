@@ -42,20 +42,21 @@ def synthesize_scene(seed: int, size: int = 2048) -> tuple[np.ndarray, np.ndarra
     """Return ``(image, labels)``: uint8 ``(3, size, size)`` RGB and uint8 ``(size, size)``."""
     if size < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
-    rng = np.random.default_rng(seed)
-    painter = _Painter(rng, size)
-    painter.parcels()
-    painter.settlements()
-    painter.water()
-    painter.roads()
-    return painter.finish()
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    painter = _Painter(size)
+    layers = (painter.parcels, painter.settlements, painter.water, painter.roads, painter.finish)
+    for index, layer in enumerate(layers):
+        painter.rng = np.random.default_rng([seed, index])  # one stream per layer
+        result = layer()
+    return result
 
 
 class _Painter:
     """Holds the label raster and a float RGB canvas while the layers are painted."""
 
-    def __init__(self, rng: np.random.Generator, size: int) -> None:
-        self.rng, self.size = rng, size
+    def __init__(self, size: int) -> None:
+        self.rng, self.size = np.random.default_rng(0), size
         self.labels = np.full((size, size), GRASS, np.uint8)
         self.rgb = np.zeros((3, size, size), np.float32)
         self.extent_m = size * PIXEL_M
@@ -92,7 +93,7 @@ class _Painter:
         # class per parcel from two smooth fields sampled at the seeds
         forest_f = self._sample(self.smooth(350), seeds)
         grass_f = self._sample(self.smooth(250), seeds)
-        parcel_class = np.where(forest_f > 0.25, FOREST, np.where(grass_f > 0.1, GRASS, CROP))
+        parcel_class = np.where(forest_f > 0.45, FOREST, np.where(grass_f > 0.1, GRASS, CROP))
         self.labels = parcel_class[parcel].astype(np.uint8)
         self._paint_forest(self.labels == FOREST)
         self._paint_grass(self.labels == GRASS)
