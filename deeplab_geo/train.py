@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deeplab_geo import models
 from deeplab_geo.config import OptimSettings, TrainConfig
 from deeplab_geo.metrics import IGNORE_INDEX, confusion_matrix, scores
 from deeplab_geo.models.checkpoint import ModelInfo, save_checkpoint
@@ -49,7 +48,8 @@ class CropSampler:
 
     def __init__(self, scenes: list[tuple[np.ndarray, np.ndarray]], crop_size: int,
                  scale_range: tuple[float, float], rng: np.random.Generator) -> None:
-        self.scenes, self.crop_size, self.scale_range, self.rng = scenes, crop_size, scale_range, rng
+        self.scenes, self.crop_size = scenes, crop_size
+        self.scale_range, self.rng = scale_range, rng
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self._crop() for _ in range(size)]

@@ -30,7 +30,8 @@ def test_sample_command_writes_a_georeferenced_scene(tmp_path):
 
 def test_landcover_pipeline_with_the_bundled_model(tmp_path):
     invoke("sample", "--out", tmp_path / "s", "--size", 96)
-    result = invoke("run", PIPELINES / "landcover.yaml", "--input", tmp_path / "s" / "orthophoto.tif",
+    result = invoke("run", PIPELINES / "landcover.yaml",
+                    "--input", tmp_path / "s" / "orthophoto.tif",
                     "--output-dir", tmp_path / "out", "--quiet",
                     "--set", "tiling.tile_size=64", "--set", "tiling.overlap=16")
     assert result.exit_code == 0, result.output
