@@ -13,7 +13,8 @@ from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
 
 
 def mobilenet_v3_atrous(arch: str, *, output_stride: int, in_channels: int = 3,
-                        low_level: bool = False) -> tuple[IntermediateLayerGetter, dict[str, int]]:
+                        low_level: bool = False, aux: bool = False
+                        ) -> tuple[IntermediateLayerGetter, dict[str, int]]:
     """A MobileNetV3 feature extractor at ``output_stride`` 8 or 16.
 
     Args:
@@ -21,6 +22,7 @@ def mobilenet_v3_atrous(arch: str, *, output_stride: int, in_channels: int = 3,
         output_stride: 8 or 16.
         in_channels: input bands; the stem convolution is built for this many.
         low_level: also return the stride-4 features under ``"low"`` (for a v3+ decoder).
+        aux: also return torchvision's auxiliary features (stride 8) under ``"aux"``.
 
     Returns:
         The backbone, returning ``{"out": last features}`` (plus ``"low"``), and the channel
@@ -42,10 +44,14 @@ def mobilenet_v3_atrous(arch: str, *, output_stride: int, in_channels: int = 3,
         stem = features[0][0]
         features[0][0] = nn.Conv2d(in_channels, stem.out_channels, stem.kernel_size,
                                    stem.stride, stem.padding, bias=False)
-    stage_ends = [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)]
-    low = stage_ends[1] - 1  # last block before the stride-8 stage: stride 4
-    out = len(features) - 1
-    layers, channels = {str(out): "out"}, {"out": features[out].out_channels}
+    # torchvision's stage indices: the stem, each block that starts a stage, the last layer
+    stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + \
+        [len(features) - 1]
+    picks = {"out": stages[-1]}
     if low_level:
-        layers[str(low)], channels["low"] = "low", features[low].out_channels
+        picks["low"] = stages[2] - 1  # last block before the stride-8 stage: stride 4
+    if aux:
+        picks["aux"] = stages[-4]
+    layers = {str(index): name for name, index in picks.items()}
+    channels = {name: features[index].out_channels for name, index in picks.items()}
     return IntermediateLayerGetter(features, return_layers=layers), channels

@@ -5,7 +5,8 @@ A checkpoint ``model.safetensors`` comes with ``model.json`` beside it::
     {"format": "deeplab-geo/1", "architecture": "deeplabv3_lite_mobilenet_v3_small",
      "num_classes": 6, "in_channels": 3, "output_stride": 8,
      "classes": ["water", ...], "colours": [[31, 120, 180], ...],
-     "normalization": {"scale": 255.0, "mean": [...], "std": [...]}, "training": {...}}
+     "normalization": {"scale": 255.0, "mean": [...], "std": [...]},
+     "options": {}, "training": {...}}
 
 Inputs are normalised as ``(pixel / scale - mean) / std`` per band. Weights stored as
 ``.pt``/``.pth`` are read with ``torch.load(weights_only=True)``: pickled code is refused.
@@ -43,6 +44,7 @@ class ModelInfo:
     normalization: dict[str, Any] = field(
         default_factory=lambda: {"scale": 255.0, "mean": [0.485, 0.456, 0.406],
                                  "std": [0.229, 0.224, 0.225]})
+    options: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -60,7 +62,8 @@ class ModelInfo:
         """A freshly initialised model of this architecture."""
         try:
             return models.build(self.architecture, num_classes=self.num_classes,
-                                in_channels=self.in_channels, output_stride=self.output_stride)
+                                in_channels=self.in_channels, output_stride=self.output_stride,
+                                **self.options)
         except ValueError as exc:
             raise CheckpointError(f"checkpoint metadata: {exc}") from None
 
