@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test evaluate-demo train-demo lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml plugins/onnx/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e plugins/onnx
 	touch $(STAMP)
 
 data/sample/orthophoto.tif: | $(STAMP)

@@ -32,6 +32,20 @@ class ModelSettings(_Section):
     batch_size: int = Field(4, ge=1, le=1024)
 
 
+class TTASettings(_Section):
+    """Test-time augmentation: input scales (fused per pixel), horizontal flip."""
+
+    scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    flip: bool = False
+    fusion: Literal["max", "mean"] = "max"
+
+    @model_validator(mode="after")
+    def _positive_scales(self) -> TTASettings:
+        if any(not 0.1 <= s <= 4.0 for s in self.scales):
+            raise ValueError(f"scales must lie in 0.1..4.0, got {self.scales}")
+        return self
+
+
 class TilingSettings(_Section):
     """How the raster is cut into overlapping windows (sizes in pixels)."""
 
@@ -84,6 +98,7 @@ class PipelineConfig(_Section):
     input: Path
     output_dir: Path
     model: ModelSettings = ModelSettings()
+    tta: TTASettings = TTASettings()
     tiling: TilingSettings = TilingSettings()
     crf: CRFSettings = CRFSettings()
     vectorize: VectorizeSettings = VectorizeSettings()

@@ -28,8 +28,8 @@ from dask.callbacks import Callback
 
 import deeplab_geo
 from deeplab_geo import crf as crf_module
-from deeplab_geo import io, tiling
-from deeplab_geo.config import CRFSettings, PipelineConfig
+from deeplab_geo import io, tiling, tta
+from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
 from deeplab_geo.plugins import get_backend
 from deeplab_geo.quicklook import render_quicklook
 from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, ClassMapWriter
@@ -55,6 +55,7 @@ class _TileJob:
     backend: str
     checkpoint: str
     device: str
+    tta: TTASettings
     crf: CRFSettings | None
 
 
@@ -136,7 +137,7 @@ def _predict_all(config: PipelineConfig, grid: list[tiling.Tile], writer: ClassM
     crf = config.crf if config.crf.enabled else None
     jobs = [
         _TileJob(str(config.input), batch, config.model.backend, config.model.checkpoint,
-                 config.model.device, crf)
+                 config.model.device, config.tta, crf)
         for batch in tiling.batched(grid, config.model.batch_size)
     ]
     tasks = []
@@ -163,8 +164,8 @@ def process_batch(job: _TileJob) -> list[tuple[np.ndarray, np.ndarray]]:
     with rasterio.open(job.raster) as ds:
         reads = [io.read_window(ds, tile.read_window) for tile in job.tiles]
     todo = [i for i, (_, valid) in enumerate(reads) if valid.any()]
-    probs = dict(zip(todo, predictor.predict(np.stack([reads[i][0] for i in todo])))) \
-        if todo else {}
+    batch = np.stack([reads[i][0] for i in todo]) if todo else None
+    probs = dict(zip(todo, tta.predict(predictor, batch, job.tta))) if todo else {}
     results = []
     for i, (tile, (pixels, valid)) in enumerate(zip(job.tiles, reads)):
         rows, cols = tile.core_slices

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 import deeplab_geo
-from deeplab_geo.cli import backends, evaluate, run, sample, train
+from deeplab_geo.cli import backends, evaluate, export_onnx, run, sample, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,5 +14,5 @@ def main() -> None:
     """DeepLab land-cover segmentation of large aerial and satellite rasters."""
 
 
-for module in (run, sample, train, evaluate, backends):
+for module in (run, sample, train, evaluate, export_onnx, backends):
     main.add_command(module.command)

@@ -1,0 +1,43 @@
+"""Example deeplab-geo backend plugin: plain eager fp32 PyTorch on the CPU.
+
+This file is the worked example of the plugin contract (:mod:`deeplab_geo.hookspecs`) that the
+README shows, and the eager baseline that ``benchmarks/backends.py`` compares the built-in
+backends with. Install it with ``pip install -e plugins/example_eager`` (entry point
+``eager``), or register the module on ``deeplab_geo.plugins.get_plugin_manager()``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from deeplab_geo.hookspecs import hookimpl
+from deeplab_geo.models.checkpoint import load_checkpoint
+
+
+class EagerPredictor:
+    def __init__(self, checkpoint: str) -> None:
+        self.model, self.info = load_checkpoint(checkpoint)  # safe formats only
+        norm = self.info.normalization
+        scale = float(norm.get("scale", 1.0))
+        self.mean = np.asarray(norm["mean"], np.float32).reshape(1, -1, 1, 1) * scale
+        self.std = np.asarray(norm["std"], np.float32).reshape(1, -1, 1, 1) * scale
+
+    def predict(self, tiles: np.ndarray) -> np.ndarray:
+        """(B, bands, H, W) raw pixels -> (B, classes, H, W) probabilities summing to 1."""
+        x = torch.from_numpy(((tiles - self.mean) / self.std).astype(np.float32))
+        with torch.inference_mode():
+            return torch.softmax(self.model(x)["out"], dim=1).numpy()
+
+
+class EagerBackend:
+    name = "eager"  # what users put in model.backend
+    description = "example plugin: eager fp32 PyTorch on the CPU"
+
+    def load(self, checkpoint: str, *, device: str = "auto") -> EagerPredictor:
+        return EagerPredictor(checkpoint)
+
+
+@hookimpl
+def register_backends():
+    return [EagerBackend()]

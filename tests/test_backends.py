@@ -1,0 +1,116 @@
+"""Backends: the example plugin, the ONNX Runtime plugin, test-time augmentation."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deeplab_geo.cli import main
+from deeplab_geo.config import TTASettings
+from deeplab_geo.plugins import get_backend, get_plugin_manager, registered_backends
+from deeplab_geo import tta
+
+EXAMPLE = Path(__file__).parent.parent / "plugins" / "example_eager"
+
+
+@pytest.fixture
+def eager_plugin(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    module = importlib.import_module("deeplab_geo_eager")
+    pm = get_plugin_manager()
+    pm.register(module, name="eager-example")
+    yield module
+    pm.unregister(module)
+    sys.modules.pop("deeplab_geo_eager", None)
+
+
+def tiles(seed=0, shape=(2, 3, 40, 56)):
+    return np.random.default_rng(seed).integers(0, 255, shape).astype(np.float32)
+
+
+def test_documented_example_plugin_matches_the_torch_backend(eager_plugin, tiny_checkpoint):
+    assert registered_backends()["eager"].plugin == "eager-example"
+    eager = get_backend("eager").load(str(tiny_checkpoint))
+    torch_backend = get_backend("torch").load(str(tiny_checkpoint), device="cpu")
+    a, b = eager.predict(tiles()), torch_backend.predict(tiles())
+    assert a.shape == (2, 3, 40, 56)
+    assert np.allclose(a.sum(1), 1, atol=1e-5)
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_example_plugin_is_gone_after_the_fixture():
+    assert "eager" not in registered_backends()
+
+
+onnx = pytest.importorskip("deeplab_geo_onnx")
+
+
+def test_onnx_plugin_is_registered_through_its_entry_point():
+    entry = registered_backends()["onnx"]
+    assert entry.source.startswith("deeplab-geo-onnx")
+    result = CliRunner().invoke(main, ["backends"])
+    assert "onnx" in result.output and "deeplab-geo-onnx" in result.output
+
+
+def test_export_onnx_and_onnx_backend_agree_with_torch(tiny_checkpoint, tmp_path):
+    out = tmp_path / "tiny.onnx"
+    result = CliRunner().invoke(main, ["export-onnx", str(tiny_checkpoint), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    x = tiles(1, (3, 3, 48, 40))
+    from_file = get_backend("onnx").load(str(out), device="cpu").predict(x)
+    in_memory = get_backend("onnx").load(str(tiny_checkpoint), device="cpu").predict(x)
+    reference = get_backend("torch").load(str(tiny_checkpoint), device="cpu").predict(x)
+    assert from_file.shape == reference.shape == (3, 3, 48, 40)
+    assert np.abs(from_file - reference).max() < 1e-4
+    assert np.abs(in_memory - reference).max() < 1e-4
+    assert (from_file.argmax(1) == reference.argmax(1)).mean() >= 0.999
+
+
+def test_export_onnx_refuses_other_suffixes(tiny_checkpoint, tmp_path):
+    result = CliRunner().invoke(main, ["export-onnx", str(tiny_checkpoint),
+                                       "--out", str(tmp_path / "m.bin")])
+    assert result.exit_code == 3 and "must end in .onnx" in result.stderr
+
+
+def test_onnx_cuda_request_without_provider_is_a_clear_error():
+    from deeplab_geo.errors import BackendError
+
+    if "CUDAExecutionProvider" in onnx.ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(BackendError, match="no CUDA provider"):
+        onnx.providers_for("cuda")
+
+
+class SizeAware:
+    """Probabilities that depend on the input scale: class 1 wins only at full size."""
+
+    def __init__(self, full):
+        self.full, self.calls = full, []
+
+    def predict(self, x):
+        self.calls.append(x.shape)
+        p = np.zeros((x.shape[0], 2, *x.shape[2:]), np.float32)
+        winner = 1 if x.shape[-1] == self.full else 0
+        p[:, winner], p[:, 1 - winner] = 0.9, 0.1
+        return p
+
+
+def test_tta_max_fusion_over_scales_and_flip():
+    predictor = SizeAware(full=40)
+    x = tiles(2, (1, 3, 40, 40))
+    fused = tta.predict(predictor, x, TTASettings(scales=[0.5, 0.75, 1.0], flip=True))
+    assert [c[-1] for c in predictor.calls] == [20, 20, 30, 30, 40, 40]
+    assert fused.shape == (1, 2, 40, 40)
+    assert np.allclose(fused, 0.5)  # max(0.9, 0.9) for both classes, renormalised
+    mean = tta.predict(SizeAware(40), x, TTASettings(scales=[0.5, 1.0], fusion="mean"))
+    assert np.allclose(mean, 0.5)
+
+
+def test_tta_default_is_a_plain_prediction():
+    predictor = SizeAware(full=40)
+    out = tta.predict(predictor, tiles(3, (1, 3, 40, 40)), TTASettings())
+    assert len(predictor.calls) == 1 and np.allclose(out[:, 1], 0.9)
