@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from deeplab_geo import tta
 from deeplab_geo.cli import main
 from deeplab_geo.config import TTASettings
 from deeplab_geo.plugins import get_backend, get_plugin_manager, registered_backends
-from deeplab_geo import tta
 
 EXAMPLE = Path(__file__).parent.parent / "plugins" / "example_eager"
 
