@@ -62,10 +62,13 @@ class TilingSettings(_Section):
 
 
 class CRFSettings(_Section):
-    """Fully connected CRF (Krähenbühl & Koltun) as used by DeepLab; spatial terms in pixels.
+    """Fully connected CRF (Krähenbühl & Koltun) as used by DeepLab.
 
     Defaults are the released DeepLab ResNet-101 setting: w1=4, theta_alpha=67, theta_beta=3,
-    w2=3, theta_gamma=1, 10 mean-field iterations.
+    w2=3, theta_gamma=1, 10 mean-field iterations. ``theta_alpha`` and ``theta_gamma`` are in
+    pixels, or in metres with ``spatial_units: metres``. ``bands`` (1-based, up to three) feed
+    the bilateral kernel's colour; rasters that are not 8-bit are stretched linearly between
+    the ``stretch`` percentiles of the whole raster.
     """
 
     enabled: bool = True
@@ -75,6 +78,27 @@ class CRFSettings(_Section):
     theta_beta: float = Field(3.0, gt=0)
     w2: float = Field(3.0, ge=0)
     theta_gamma: float = Field(1.0, gt=0)
+    spatial_units: Literal["pixels", "metres"] = "pixels"
+    bands: list[int] | None = Field(None, min_length=1, max_length=3)
+    stretch: tuple[float, float] = (2.0, 98.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> CRFSettings:
+        if self.bands is not None and any(b < 1 for b in self.bands):
+            raise ValueError(f"bands are 1-based band numbers, got {self.bands}")
+        low, high = self.stretch
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"stretch must be percentiles 0 <= low < high <= 100, got "
+                             f"{self.stretch}")
+        return self
+
+    def in_pixels(self, pixel_size_m: float) -> CRFSettings:
+        """These settings with spatial widths in pixels (converted from metres if needed)."""
+        if self.spatial_units == "pixels":
+            return self
+        return self.model_copy(update={"theta_alpha": self.theta_alpha / pixel_size_m,
+                                       "theta_gamma": self.theta_gamma / pixel_size_m,
+                                       "spatial_units": "pixels"})
 
 
 class VectorizeSettings(_Section):
@@ -87,9 +111,10 @@ class VectorizeSettings(_Section):
 
 
 class ExecutionSettings(_Section):
-    """Local dask scheduler settings."""
+    """Local execution: dask threads, and processes for the CRF (which holds the GIL)."""
 
     workers: int = Field(2, ge=1, le=256)
+    crf_processes: int = Field(2, ge=1, le=256)
 
 
 class PipelineConfig(_Section):

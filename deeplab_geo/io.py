@@ -53,6 +53,15 @@ def check_raster(ds: rasterio.DatasetReader, *, bands: int) -> None:
                          f"{', '.join(SUPPORTED_DTYPES)}")
 
 
+def pixel_size_m(ds: rasterio.DatasetReader) -> float:
+    """Mean pixel side in metres (projected CRSs), for settings given in metres."""
+    if ds.crs is None or not ds.crs.is_projected:
+        raise InputError(f"{Path(ds.name).name}: sizes in metres need a projected CRS; give "
+                         "them in pixels or reproject the raster")
+    _, factor = ds.crs.linear_units_factor
+    return float((abs(ds.res[0]) + abs(ds.res[1])) / 2 * factor)
+
+
 def read_window(ds: rasterio.DatasetReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Pixels ``(bands, h, w)`` of a window and its validity mask ``(h, w)`` (True = valid)."""
     try:

@@ -57,6 +57,8 @@ class _TileJob:
     device: str
     tta: TTASettings
     crf: CRFSettings | None
+    colours: crf_module.ColourMapping | None = None
+    crf_processes: int = 1
 
 
 def output_names(input_path: Path) -> dict[str, str]:
@@ -92,6 +94,12 @@ def run(config: PipelineConfig, *, progress: ProgressFactory | None = None) -> R
         profile = ds.profile
         grid = tiling.tile_grid(ds.height, ds.width, config.tiling.tile_size,
                                 config.tiling.overlap)
+        crf = None
+        if config.crf.enabled:
+            settings = config.crf
+            if settings.spatial_units == "metres":
+                settings = settings.in_pixels(io.pixel_size_m(ds))
+            crf = (settings, crf_module.colour_mapping(ds, settings))
     timings["load"] = time.perf_counter() - started
     names = output_names(config.input)
     with io.staged_outputs(config.output_dir) as staging:
@@ -100,7 +108,7 @@ def run(config: PipelineConfig, *, progress: ProgressFactory | None = None) -> R
                                 info.colours)
         try:
             t0 = time.perf_counter()
-            _predict_all(config, grid, writer, progress)
+            _predict_all(config, grid, writer, crf, progress)
             timings["predict_and_refine"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             writer.finish()
@@ -133,11 +141,13 @@ def run(config: PipelineConfig, *, progress: ProgressFactory | None = None) -> R
 
 
 def _predict_all(config: PipelineConfig, grid: list[tiling.Tile], writer: ClassMapWriter,
+                 crf: tuple[CRFSettings, crf_module.ColourMapping] | None,
                  progress: ProgressFactory | None) -> None:
-    crf = config.crf if config.crf.enabled else None
+    settings, colours = crf if crf is not None else (None, None)
     jobs = [
         _TileJob(str(config.input), batch, config.model.backend, config.model.checkpoint,
-                 config.model.device, config.tta, crf)
+                 config.model.device, config.tta, settings, colours,
+                 config.execution.crf_processes)
         for batch in tiling.batched(grid, config.model.batch_size)
     ]
     tasks = []
@@ -166,18 +176,19 @@ def process_batch(job: _TileJob) -> list[tuple[np.ndarray, np.ndarray]]:
     todo = [i for i, (_, valid) in enumerate(reads) if valid.any()]
     batch = np.stack([reads[i][0] for i in todo]) if todo else None
     probs = dict(zip(todo, tta.predict(predictor, batch, job.tta))) if todo else {}
+    if job.crf is not None and probs:
+        pairs = [(probs[i], crf_module.colour_features(reads[i][0], job.colours))
+                 for i in todo]
+        probs = dict(zip(todo, crf_module.refine_many(pairs, job.crf, job.crf_processes)))
     results = []
-    for i, (tile, (pixels, valid)) in enumerate(zip(job.tiles, reads)):
+    for i, (tile, (_, valid)) in enumerate(zip(job.tiles, reads)):
         rows, cols = tile.core_slices
         core_valid = valid[rows, cols]
         if i not in probs:
             results.append((np.full(core_valid.shape, CLASS_NODATA, np.uint8),
                             np.full(core_valid.shape, CONFIDENCE_NODATA, np.float32)))
             continue
-        p = probs[i]
-        if job.crf is not None:
-            p = crf_module.refine(p, crf_module.colour_features(pixels), job.crf)
-        p = p[:, rows, cols]
+        p = probs[i][:, rows, cols]
         classes = p.argmax(0).astype(np.uint8)
         confidence = p.max(0).astype(np.float32)
         classes[~core_valid] = CLASS_NODATA
