@@ -8,11 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 
 from deeplab_geo import io
 from deeplab_geo.config import PipelineConfig
 from deeplab_geo.errors import InputError
-from deeplab_geo.metrics import IGNORE_INDEX, Scores, confusion_matrix, scores
+from deeplab_geo.metrics import (
+    IGNORE_INDEX,
+    Scores,
+    boundary_counts,
+    boundary_f_score,
+    confusion_matrix,
+    scores,
+)
+
+BOUNDARY_TOLERANCE = 2
 
 
 @dataclass(frozen=True)
@@ -22,16 +32,19 @@ class Evaluation:
     name: str
     matrix: np.ndarray
     scores: Scores
+    boundary_f: float
 
     def as_dict(self, class_names: list[str]) -> dict:
         return {"name": self.name, **self.scores.as_dict(class_names),
+                f"boundary_f_{BOUNDARY_TOLERANCE}px": self.boundary_f,
                 "confusion_matrix": self.matrix.tolist()}
 
 
 def evaluate_raster(prediction: Path, labels: Path, num_classes: int, name: str = "") -> Evaluation:
     """Compare a class raster with a label raster on the same grid (label 255 ignored).
 
-    Reads both block by block, so memory does not grow with the raster.
+    Reads both block by block (with a small halo for the boundary F-score), so memory does not
+    grow with the raster.
     """
     with io.open_raster(prediction) as pred_ds, io.open_raster(labels) as label_ds:
         if (pred_ds.width, pred_ds.height) != (label_ds.width, label_ds.height) or \
@@ -40,12 +53,21 @@ def evaluate_raster(prediction: Path, labels: Path, num_classes: int, name: str 
                              "resample the labels to the prediction's grid first")
         label_nodata = label_ds.nodata
         matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+        edges = np.zeros(4, dtype=np.int64)
+        halo = BOUNDARY_TOLERANCE + 1
         for _, window in pred_ds.block_windows(1):
-            target = label_ds.read(1, window=window)
+            outer = Window(window.col_off - halo, window.row_off - halo,
+                           window.width + 2 * halo, window.height + 2 * halo)
+            outer = outer.intersection(Window(0, 0, pred_ds.width, pred_ds.height))
+            target = label_ds.read(1, window=outer)
             if label_nodata is not None and label_nodata != IGNORE_INDEX:
                 target = np.where(target == label_nodata, IGNORE_INDEX, target)
-            matrix += confusion_matrix(pred_ds.read(1, window=window), target, num_classes)
-    return Evaluation(name or prediction.name, matrix, scores(matrix))
+            pred = pred_ds.read(1, window=outer)
+            r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
+            core = (slice(r0, r0 + window.height), slice(c0, c0 + window.width))
+            matrix += confusion_matrix(pred[core], target[core], num_classes)
+            edges += boundary_counts(pred, target, BOUNDARY_TOLERANCE, core)
+    return Evaluation(name or prediction.name, matrix, scores(matrix), boundary_f_score(edges))
 
 
 def evaluate_pipeline(config: PipelineConfig, labels: Path,

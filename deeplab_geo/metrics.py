@@ -60,3 +60,50 @@ def scores(matrix: np.ndarray) -> Scores:
     total = matrix.sum()
     return Scores(iou=iou, miou=float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
                   pixel_accuracy=float(tp.sum() / total) if total else float("nan"))
+
+
+def boundaries(classes: np.ndarray) -> np.ndarray:
+    """Pixels whose class differs from their right or lower neighbour (or whose left/upper one
+    differs): the inner boundary of every region, one pixel wide on each side of an edge."""
+    edge = np.zeros(classes.shape, bool)
+    vertical = classes[1:] != classes[:-1]
+    horizontal = classes[:, 1:] != classes[:, :-1]
+    edge[1:] |= vertical
+    edge[:-1] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    return edge
+
+
+def boundary_counts(pred: np.ndarray, target: np.ndarray, tolerance: int = 2,
+                    core: tuple[slice, slice] | None = None,
+                    ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Counts for the boundary F-score: ``[pred matched, pred total, gt matched, gt total]``.
+
+    A boundary pixel of one map is matched when a boundary pixel of the other lies within
+    ``tolerance`` pixels (Euclidean). Pixels labelled ``ignore_index`` do not count. ``core``
+    restricts counting to part of the arrays (the rest is context, for block-wise use).
+    """
+    from scipy import ndimage
+
+    pred_edge, gt_edge = boundaries(pred), boundaries(target)
+    valid = target != ignore_index
+    radius = np.hypot(*np.mgrid[-tolerance:tolerance + 1, -tolerance:tolerance + 1])
+    disk = radius <= tolerance
+    near_gt = ndimage.binary_dilation(gt_edge, structure=disk)
+    near_pred = ndimage.binary_dilation(pred_edge, structure=disk)
+    pred_edge &= valid
+    gt_edge &= valid
+    if core is not None:
+        pred_edge, gt_edge = pred_edge[core], gt_edge[core]
+        near_gt, near_pred = near_gt[core], near_pred[core]
+    return np.array([(pred_edge & near_gt).sum(), pred_edge.sum(),
+                     (gt_edge & near_pred).sum(), gt_edge.sum()], dtype=np.int64)
+
+
+def boundary_f_score(counts: np.ndarray) -> float:
+    """F-score of boundary precision and recall from summed :func:`boundary_counts`."""
+    pred_matched, pred_total, gt_matched, gt_total = (float(c) for c in counts)
+    precision = pred_matched / pred_total if pred_total else 0.0
+    recall = gt_matched / gt_total if gt_total else 0.0
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0

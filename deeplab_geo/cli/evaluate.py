@@ -83,12 +83,12 @@ def _emit(results, names: list[str], json_path: Path | None, md_path: Path | Non
 
 
 def markdown_table(results, names: list[str]) -> str:
-    header = ["run", "mIoU", "pixel acc.", *names]
+    header = ["run", "mIoU", "pixel acc.", "boundary F (2 px)", *names]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         ious = ["-" if v != v else f"{v:.4f}" for v in r.scores.iou]
         rows.append(f"| {r.name} | {r.scores.miou:.4f} | {r.scores.pixel_accuracy:.4f} | "
-                    + " | ".join(ious) + " |")
+                    f"{r.boundary_f:.4f} | " + " | ".join(ious) + " |")
     return "\n".join(rows)
 
 
