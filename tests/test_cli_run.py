@@ -57,6 +57,16 @@ def test_progress_bar_reports_tiles(tiny_pipeline):
     assert "6/6" in result.stderr and "tile/s" in result.stderr
 
 
+def test_json_progress_lines_for_programs(tiny_pipeline):
+    result = CliRunner().invoke(main, ["run", str(tiny_pipeline), "--progress", "json"])
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line)["progress"] for line in result.stderr.splitlines()
+              if line.startswith("{")]
+    assert events[0] == {"done": 0, "total": 6, "unit": "tile"}
+    assert events[-1]["done"] == 6
+    assert [e["done"] for e in events] == sorted(e["done"] for e in events)
+
+
 def test_config_error_is_one_line_exit_2_and_writes_nothing(tiny_pipeline):
     result = invoke("run", tiny_pipeline, "--set", "tiling.overlap=32")
     assert result.exit_code == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -49,3 +50,47 @@ def tqdm_progress(unit: str) -> Callable[[int], Any]:
     from tqdm import tqdm
 
     return lambda total: tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+
+class JsonProgress:
+    """Progress as one JSON object per line on stderr, for programs that run the CLI.
+
+    Each line reads ``{"progress": {"done": 3, "total": 25, "unit": "tile"}}``; the QGIS
+    plugin turns these into its progress bar.
+    """
+
+    def __init__(self, total: int, unit: str) -> None:
+        self.total, self.unit, self.done = total, unit, 0
+        self._emit()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self._emit()
+
+    def close(self) -> None:
+        pass
+
+    def _emit(self) -> None:
+        line = {"progress": {"done": self.done, "total": self.total, "unit": self.unit}}
+        click.echo(json.dumps(line), err=True)
+
+
+PROGRESS_STYLES = ("bar", "json", "none")
+
+
+def progress_factory(style: str, unit: str) -> Callable[[int], Any] | None:
+    """The progress factory for ``--progress bar|json|none``."""
+    if style == "bar":
+        return tqdm_progress(unit)
+    if style == "json":
+        return lambda total: JsonProgress(total, unit)
+    return None
+
+
+def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--progress bar|json|none`` (and ``--quiet``, the same as ``--progress none``)."""
+    func = click.option("--quiet", is_flag=True, help="No progress output (= --progress none).")(
+        func)
+    return click.option("--progress", "progress_style", type=click.Choice(PROGRESS_STYLES),
+                        default="bar", show_default=True,
+                        help="Progress on stderr: a bar, JSON lines for programs, or none.")(func)

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import click
 
-from deeplab_geo.cli._common import parse_overrides, reports_errors, tqdm_progress
+from deeplab_geo.cli._common import (
+    parse_overrides,
+    progress_factory,
+    progress_option,
+    reports_errors,
+)
 
 
 @click.command("run")
@@ -24,10 +29,10 @@ from deeplab_geo.cli._common import parse_overrides, reports_errors, tqdm_progre
               help="Where outputs go (overrides the pipeline's output_dir).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any pipeline key, e.g. --set tiling.tile_size=256 (repeatable).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@progress_option
 @reports_errors
 def command(pipeline: Path, input_path: Path | None, output_dir: Path | None,
-            overrides: tuple[str, ...], quiet: bool) -> None:
+            overrides: tuple[str, ...], progress_style: str, quiet: bool) -> None:
     """Segment the raster named in PIPELINE (a YAML file) and write maps and polygons.
 
     Relative paths inside the YAML file resolve against the folder that holds it; paths given
@@ -42,7 +47,8 @@ def command(pipeline: Path, input_path: Path | None, output_dir: Path | None,
     if output_dir is not None:
         values["output_dir"] = output_dir
     config = load_pipeline(pipeline, values)
-    result = run(config, progress=None if quiet else tqdm_progress("tile"))
+    progress = progress_factory("none" if quiet else progress_style, "tile")
+    result = run(config, progress=progress)
     report = result.report
     click.echo(f"Segmented {config.input.name}: {report['raster']['width']} x "
                f"{report['raster']['height']} px, {report['raster']['tiles']} tiles in "
