@@ -22,7 +22,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugins" / "example_eager"))
 
-from deeplab_geo.plugins import get_backend, get_plugin_manager, registered_backends  # noqa: E402
+from deeplab_geo.plugins import (  # noqa: E402
+    choose_backend,
+    get_backend,
+    get_plugin_manager,
+    registered_backends,
+)
 from deeplab_geo.sample import synthesize_scene  # noqa: E402
 
 
@@ -56,7 +61,8 @@ def main() -> None:
         rows.append((name, (n - args.batch) * args.tile**2 / 1e6 / seconds))
     base = dict(rows)["eager"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"{args.tile} px tiles, checkpoint {args.checkpoint}\n")
+          f"{args.tile} px tiles, checkpoint {args.checkpoint}; "
+          f"model.backend auto picks '{choose_backend('auto', 'cpu')}' on the CPU\n")
     print("| backend | Mpx/s | vs eager fp32 | labels equal to torch |")
     print("|---|---|---|---|")
     for name, mpx in rows:

@@ -27,7 +27,7 @@ class ModelSettings(_Section):
     """Which model to run and where."""
 
     checkpoint: str = "builtin:landcover-demo"
-    backend: str = "torch"
+    backend: str = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     batch_size: int = Field(4, ge=1, le=1024)
 

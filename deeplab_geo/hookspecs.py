@@ -11,7 +11,10 @@ A backend is any object with:
 
 * ``name`` (str): the value users put in ``model.backend``;
 * ``description`` (str): one line shown by ``deeplab-geo backends``;
-* ``load(checkpoint, *, device) -> Predictor``: load a model once (per process).
+* ``load(checkpoint, *, device) -> Predictor``: load a model once (per process);
+* ``auto_priority`` (optional, ``dict[str, int]``): how much this backend should be preferred
+  by ``model.backend: auto`` on each device type (``"cpu"``, ``"cuda"``); the highest wins, and a
+  backend without an entry for the device is never picked automatically.
 
 A predictor is any object with:
 

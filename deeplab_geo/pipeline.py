@@ -30,7 +30,7 @@ import deeplab_geo
 from deeplab_geo import crf as crf_module
 from deeplab_geo import io, tiling, tta
 from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
-from deeplab_geo.plugins import get_backend
+from deeplab_geo.plugins import choose_backend, get_backend
 from deeplab_geo.quicklook import render_quicklook
 from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, ClassMapWriter
 from deeplab_geo.vectorize import polygonize, write_polygons
@@ -86,8 +86,11 @@ def run(config: PipelineConfig, *, progress: ProgressFactory | None = None) -> R
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    backend = get_backend(config.model.backend)
-    predictor = backend.load(config.model.checkpoint, device=config.model.device)
+    backend_name = choose_backend(config.model.backend, config.model.device)
+    config = config.model_copy(update={
+        "model": config.model.model_copy(update={"backend": backend_name})})
+    predictor = get_backend(backend_name).load(config.model.checkpoint,
+                                               device=config.model.device)
     info = predictor.info
     with io.open_raster(config.input) as ds:
         io.check_raster(ds, bands=info.in_channels)

@@ -61,6 +61,39 @@ def registered_backends(pm: pluggy.PluginManager | None = None) -> dict[str, Reg
     return found
 
 
+AUTO = "auto"
+
+
+def device_type(device: str) -> str:
+    """``"cuda"`` or ``"cpu"`` for a ``model.device`` value (``auto``: CUDA when usable)."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":", 1)[0]
+
+
+def choose_backend(name: str, device: str, pm: pluggy.PluginManager | None = None) -> str:
+    """The backend a run uses: ``name`` itself, or for ``auto`` the registered backend with the
+    highest ``auto_priority`` for the device type (ties go to the name that sorts first).
+
+    Raises:
+        BackendError: ``name`` is not registered, or no backend offers itself for the device.
+    """
+    backends = registered_backends(pm)
+    if name != AUTO:
+        get_backend(name, pm)
+        return name
+    kind = device_type(device)
+    ranked = sorted((-priority, backend_name) for backend_name, entry in backends.items()
+                    if (priority := getattr(entry.backend, "auto_priority", {}).get(kind))
+                    is not None)
+    if not ranked:
+        raise BackendError(f"no registered backend offers itself for device '{kind}' under "
+                           "model.backend: auto; name a backend (see `deeplab-geo backends`)")
+    return ranked[0][1]
+
+
 def get_backend(name: str, pm: pluggy.PluginManager | None = None) -> Any:
     """The backend registered as ``name``.
 

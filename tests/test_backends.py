@@ -11,7 +11,14 @@ from click.testing import CliRunner
 from deeplab_geo import tta
 from deeplab_geo.cli import main
 from deeplab_geo.config import TTASettings
-from deeplab_geo.plugins import get_backend, get_plugin_manager, registered_backends
+from deeplab_geo.errors import BackendError
+from deeplab_geo.hookspecs import hookimpl
+from deeplab_geo.plugins import (
+    choose_backend,
+    get_backend,
+    get_plugin_manager,
+    registered_backends,
+)
 
 EXAMPLE = Path(__file__).parent.parent / "plugins" / "example_eager"
 
@@ -43,6 +50,52 @@ def test_documented_example_plugin_matches_the_torch_backend(eager_plugin, tiny_
 
 def test_example_plugin_is_gone_after_the_fixture():
     assert "eager" not in registered_backends()
+
+
+class _Fake:
+    def __init__(self, name, auto_priority=None):
+        self.name, self.description = name, "fake"
+        if auto_priority is not None:
+            self.auto_priority = auto_priority
+
+
+def _plugin(*backends):
+    class Plugin:
+        @hookimpl
+        def register_backends(self):
+            return list(backends)
+
+    return Plugin()
+
+
+@pytest.fixture
+def fake_plugins():
+    pm = get_plugin_manager()
+    added = []
+
+    def add(*backends):
+        plugin = _plugin(*backends)
+        pm.register(plugin, name=f"fake-{len(added)}")
+        added.append(plugin)
+
+    yield add
+    for plugin in added:
+        pm.unregister(plugin)
+
+
+def test_auto_picks_the_highest_priority_for_the_device(fake_plugins):
+    fake_plugins(_Fake("fast-cpu", {"cpu": 99}), _Fake("gpu-only", {"cuda": 99}),
+                 _Fake("never-auto"))
+    assert choose_backend("auto", "cpu") == "fast-cpu"
+    assert choose_backend("auto", "cuda:0") == "gpu-only"
+    assert choose_backend("never-auto", "cpu") == "never-auto"
+
+
+def test_auto_default_on_cpu_is_an_installed_backend_and_named_backends_are_checked():
+    chosen = choose_backend("auto", "cpu")
+    assert chosen == ("onnx" if "onnx" in registered_backends() else "torch")
+    with pytest.raises(BackendError, match="no backend named 'nope'"):
+        choose_backend("nope", "cpu")
 
 
 onnx = pytest.importorskip("deeplab_geo_onnx")

@@ -70,6 +70,7 @@ class TorchPredictor:
 class TorchBackend:
     name = "torch"
     description = "PyTorch (CUDA with autocast when available, else CPU fp32 channels-last)"
+    auto_priority = {"cuda": 20, "cpu": 10}
 
     def load(self, checkpoint: str, *, device: str = "auto") -> TorchPredictor:
         return _load_cached(str(resolve(checkpoint)), str(resolve_device(device)))

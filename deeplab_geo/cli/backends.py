@@ -16,7 +16,10 @@ from deeplab_geo.cli._common import reports_errors
 @reports_errors
 def command() -> None:
     """List the inference backends registered through the ``deeplab_geo`` plugin hooks."""
-    from deeplab_geo.plugins import registered_backends
+    from deeplab_geo.plugins import AUTO, choose_backend, device_type, registered_backends
 
     for name, entry in sorted(registered_backends().items()):
         click.echo(f"{name:<10} {entry.source:<20} {entry.backend.description}")
+    device = device_type("auto")
+    click.echo(f"\n{AUTO} (model.backend default) on this machine's {device}: "
+               f"{choose_backend(AUTO, device)}")

@@ -38,6 +38,9 @@ class OnnxPredictor:
 class OnnxBackend:
     name = "onnx"
     description = "ONNX Runtime (CPU provider; CUDA provider when available)"
+    # Preferred on CPU: about 1.5x the throughput of the torch backend on the demo model
+    # (benchmarks/backends.py); on CUDA the torch backend's autocast wins.
+    auto_priority = {"cpu": 20}
 
     def load(self, checkpoint: str, *, device: str = "auto") -> OnnxPredictor:
         return _load_cached(str(resolve(checkpoint)), device)
