@@ -117,6 +117,27 @@ class ExecutionSettings(_Section):
     crf_processes: int = Field(2, ge=1, le=256)
 
 
+class ClusterSettings(_Section):
+    """A dask.distributed cluster to run on (see :mod:`deeplab_geo.cluster`).
+
+    ``address`` names a running scheduler (``tcp://host:8786``); ``local_workers`` starts a
+    ``LocalCluster`` of that many worker processes for the run. Neither: local threads.
+    ``in_flight`` bounds the batches submitted at once (default: twice the cluster's threads).
+    """
+
+    address: str | None = Field(None, min_length=1)
+    local_workers: int | None = Field(None, ge=1, le=256)
+    threads_per_worker: int = Field(1, ge=1, le=256)
+    in_flight: int | None = Field(None, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ClusterSettings:
+        if self.address is not None and self.local_workers is not None:
+            raise ValueError("give either address (an existing cluster) or local_workers "
+                             "(start one), not both")
+        return self
+
+
 class PipelineConfig(_Section):
     """A validated pipeline. Paths are absolute once loaded through :func:`load_pipeline`."""
 
@@ -128,6 +149,7 @@ class PipelineConfig(_Section):
     crf: CRFSettings = CRFSettings()
     vectorize: VectorizeSettings = VectorizeSettings()
     execution: ExecutionSettings = ExecutionSettings()
+    cluster: ClusterSettings = ClusterSettings()
     quicklook: bool = True
 
 

@@ -44,3 +44,9 @@ class OutputError(DeepLabGeoError, OSError):
     """An output could not be written (directory not writable, path outside output_dir)."""
 
     exit_code = 3
+
+
+class ClusterError(DeepLabGeoError, ConnectionError):
+    """A dask.distributed cluster could not be reached or started."""
+
+    exit_code = 4

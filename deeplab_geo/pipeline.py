@@ -17,7 +17,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import rasterio
 from dask.callbacks import Callback
 
 import deeplab_geo
+from deeplab_geo import cluster as cluster_module
 from deeplab_geo import crf as crf_module
 from deeplab_geo import io, tiling, tta
 from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
@@ -153,18 +154,47 @@ def _predict_all(config: PipelineConfig, grid: list[tiling.Tile], writer: ClassM
                  config.execution.crf_processes)
         for batch in tiling.batched(grid, config.model.batch_size)
     ]
+    bar = progress(len(grid)) if progress else None
+    try:
+        with cluster_module.connect(config.cluster, config.model.device) as client:
+            if client is None:
+                _compute_local(jobs, writer, bar, config.execution.workers)
+            else:
+                _compute_distributed(client, jobs, writer, bar, config.cluster.in_flight)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _compute_local(jobs: list[_TileJob], writer: ClassMapWriter, bar: Any,
+                   workers: int) -> None:
+    """One dask graph on the local threaded scheduler: each batch task feeds a write task."""
     tasks = []
     for i, job in enumerate(jobs):
         result = dask.delayed(process_batch, pure=True)(job, dask_key_name=f"batch-{i}")
         tasks.append(dask.delayed(_write_batch)(writer, job, result,
                                                 dask_key_name=f"write-{i}"))
-    bar = progress(len(grid)) if progress else None
-    try:
-        with _ProgressCallback(bar):
-            dask.compute(*tasks, scheduler="threads", num_workers=config.execution.workers)
-    finally:
+    with _ProgressCallback(bar):
+        dask.compute(*tasks, scheduler="threads", num_workers=workers)
+
+
+def _compute_distributed(client: Any, jobs: list[_TileJob], writer: ClassMapWriter, bar: Any,
+                         in_flight: int | None) -> None:
+    """Batches run on the cluster's workers; their cores are written here as they arrive.
+
+    Worker processes are daemonic and cannot start a CRF process pool: parallelism comes from
+    the workers themselves.
+    """
+    jobs = [replace(job, crf_processes=1) for job in jobs]
+    if in_flight is None:
+        in_flight = max(2, 2 * sum(client.nthreads().values()))
+
+    def write(index: int, results: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        written = _write_batch(writer, jobs[index], results)
         if bar is not None:
-            bar.close()
+            bar.update(written)
+
+    cluster_module.map_unordered(client, process_batch, jobs, write, in_flight=in_flight)
 
 
 def process_batch(job: _TileJob) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,16 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
         except yaml.YAMLError:
             raise ConfigError(f"--set {pair!r}: value is not a valid YAML scalar") from None
     return overrides
+
+
+def show_log_messages() -> None:
+    """Print the library's informational messages (e.g. the dask dashboard link) on stderr."""
+    logger = logging.getLogger("deeplab_geo")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def tqdm_progress(unit: str) -> Callable[[int], Any]:

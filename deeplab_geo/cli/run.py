@@ -5,6 +5,8 @@ Examples::
     deeplab-geo run pipelines/landcover.yaml
     deeplab-geo run pipelines/landcover.yaml --input scene.tif --output-dir out/scene
     deeplab-geo run pipelines/landcover.yaml --set crf.enabled=false --set model.device=cpu
+    deeplab-geo run pipelines/landcover.yaml --scheduler tcp://10.0.0.5:8786
+    deeplab-geo run pipelines/landcover.yaml --set cluster.local_workers=2
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from deeplab_geo.cli._common import (
     progress_factory,
     progress_option,
     reports_errors,
+    show_log_messages,
 )
 
 
@@ -29,10 +32,14 @@ from deeplab_geo.cli._common import (
               help="Where outputs go (overrides the pipeline's output_dir).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any pipeline key, e.g. --set tiling.tile_size=256 (repeatable).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run on this dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 "
+                   "(= --set cluster.address=ADDRESS).")
 @progress_option
 @reports_errors
 def command(pipeline: Path, input_path: Path | None, output_dir: Path | None,
-            overrides: tuple[str, ...], progress_style: str, quiet: bool) -> None:
+            overrides: tuple[str, ...], scheduler: str | None, progress_style: str,
+            quiet: bool) -> None:
     """Segment the raster named in PIPELINE (a YAML file) and write maps and polygons.
 
     Relative paths inside the YAML file resolve against the folder that holds it; paths given
@@ -46,6 +53,10 @@ def command(pipeline: Path, input_path: Path | None, output_dir: Path | None,
         values["input"] = input_path
     if output_dir is not None:
         values["output_dir"] = output_dir
+    if scheduler is not None:
+        values["cluster.address"] = scheduler
+    if not quiet and progress_style != "none":
+        show_log_messages()
     config = load_pipeline(pipeline, values)
     progress = progress_factory("none" if quiet else progress_style, "tile")
     result = run(config, progress=progress)
