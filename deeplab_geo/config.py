@@ -11,7 +11,7 @@ with a one-line message naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -179,8 +179,9 @@ def load_yaml_config(path: str | Path, schema: type[_Model],
                      overrides: dict[str, Any] | None = None) -> _Model:
     """Read a YAML file safely and validate it against ``schema``.
 
-    Fields whose type is a path (``Path`` or ``Path | None``) and ``model.checkpoint`` resolve
-    against the YAML file's folder; ``builtin:`` checkpoints are left as they are.
+    Fields whose type is a path (``Path`` or ``Path | None``) and checkpoints (``checkpoint``,
+    ``init``) resolve against the YAML file's folder; ``builtin:`` checkpoints are left as they
+    are.
     """
     path = Path(path)
     if not path.is_file():
@@ -217,17 +218,32 @@ def _resolve_paths(schema: type[BaseModel], data: dict[str, Any], base: Path) ->
     for name, field in schema.model_fields.items():
         value = data.get(name)
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        section = _section_model(annotation, value)
+        if section is not None:
             if isinstance(value, dict):
-                data[name] = _resolve_paths(annotation, value, base)
+                data[name] = _resolve_paths(section, value, base)
         elif isinstance(value, str) and _is_path_field(name, annotation):
             if not value.startswith("builtin:"):
                 data[name] = str((base / value).resolve())
     return data
 
 
+def _section_model(annotation: Any, value: Any) -> type[BaseModel] | None:
+    """The section schema of a field: its model, or for a union of models tagged by ``kind``
+    (the training data kinds) the member that ``value["kind"]`` names."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    members = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    kind = value.get("kind") if isinstance(value, dict) else None
+    for member in members:
+        if "kind" in member.model_fields and kind in get_args(member.model_fields["kind"]
+                                                              .annotation):
+            return member
+    return None
+
+
 def _is_path_field(name: str, annotation: Any) -> bool:
-    return annotation is Path or Path in get_args(annotation) or name == "checkpoint"
+    return annotation is Path or Path in get_args(annotation) or name in ("checkpoint", "init")
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -246,7 +262,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _describe(schema: type[BaseModel], exc: ValidationError) -> str:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "pipeline"
+    key = ".".join(str(p) for p in _without_union_tags(schema, err["loc"])) or "pipeline"
     kind = err["type"]
     if kind == "extra_forbidden":
         section = _section_for(schema, err["loc"][:-1])
@@ -260,14 +276,33 @@ def _describe(schema: type[BaseModel], exc: ValidationError) -> str:
 
 
 def _section_for(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model = schema
-    for part in loc:
-        field = model.model_fields.get(str(part))
+    return _walk(schema, loc)[1]
+
+
+def _without_union_tags(schema: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    return _walk(schema, loc)[0]
+
+
+def _walk(schema: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...],
+                                                                 type[BaseModel] | None]:
+    """Follow an error location through the schema: the location with the tags pydantic inserts
+    after tagged-union fields removed (``data.voc.root`` -> ``data.root``), and the section it
+    ends in (``None`` past a plain value)."""
+    plain: list[Any] = []
+    model: type[BaseModel] | None = schema
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        plain.append(part)
+        field = model.model_fields.get(str(part)) if model is not None else None
         annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif field is not None and parts and _section_model(annotation, {"kind": parts[0]}):
+            model = _section_model(annotation, {"kind": parts.pop(0)})
+        else:
+            model = None
+    return tuple(plain), model
 
 
 class SyntheticDataSettings(_Section):
@@ -288,15 +323,99 @@ class SyntheticDataSettings(_Section):
         return self
 
 
-class ModelSpec(_Section):
-    """Architecture to train (see ``deeplab_geo.models.available()``)."""
+class VOCDataSettings(_Section):
+    """PASCAL VOC 2012 in its standard layout under ``root`` (the ``VOC2012`` folder).
 
-    architecture: str = "deeplabv3_lite_mobilenet_v3_small"
-    output_stride: Literal[8, 16] = 8
+    ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png`` (palette PNGs whose pixel values are
+    class ids, 255 = void) and ``ImageSets/Segmentation/<split>.txt``. The split ``train_aug``
+    is the SBD-augmented training list (10,582 images): ``ImageSets/Segmentation/train_aug.txt``
+    with labels in ``SegmentationClassAug/``.
+    """
+
+    kind: Literal["voc"]
+    root: Path
+    train_split: Literal["train", "train_aug", "trainval"] = "train_aug"
+    val_split: Literal["val", "train", "trainval"] = "val"
+
+
+class CityscapesDataSettings(_Section):
+    """Cityscapes in its standard layout under ``root``: ``leftImg8bit/<split>/<city>/`` and
+    ``gtFine/<split>/<city>/*_gtFine_labelIds.png``, mapped to the 19 train ids (others 255)."""
+
+    kind: Literal["cityscapes"]
+    root: Path
+    train_split: Literal["train", "val", "test"] = "train"
+    val_split: Literal["train", "val", "test"] = "val"
+
+
+class ChipsDataSettings(_Section):
+    """Chips cut from a georeferenced raster and its labels.
+
+    ``labels`` is a class raster on the raster's grid (nodata and 255 ignored) or a vector file
+    (GeoPackage, GeoJSON, ...) whose polygons carry a class id in ``class_field``; polygons are
+    rasterized on the fly in the raster's CRS (reprojected if needed), unlabelled pixels are
+    ignored. The raster is cut into square blocks of ``block_size`` pixels; ``val_fraction`` of
+    them, drawn with ``split_seed``, are the validation area and the rest the training area.
+    Each block is tiled into ``chip_size`` chips (``stride`` apart, the last row and column
+    flush with the block's edge), so no chip crosses from one area into the other; chips with
+    less than ``min_labelled`` of their pixels labelled are skipped.
+    """
+
+    kind: Literal["chips"]
+    raster: Path
+    labels: Path
+    class_field: str = "class_id"
+    layer: str | None = None
+    classes: list[str] | None = Field(None, min_length=1, max_length=255)
+    chip_size: int = Field(256, ge=8, le=8192)
+    stride: int | None = Field(None, ge=1)
+    block_size: int = Field(1024, ge=8)
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    split_seed: int = 0
+    min_labelled: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ChipsDataSettings:
+        if self.block_size < self.chip_size:
+            raise ValueError(f"block_size ({self.block_size}) must be at least chip_size "
+                             f"({self.chip_size})")
+        return self
+
+
+DataSettings = Annotated[
+    SyntheticDataSettings | VOCDataSettings | CityscapesDataSettings | ChipsDataSettings,
+    Field(discriminator="kind"),
+]
+
+
+class ModelSpec(_Section):
+    """Architecture to train (see ``deeplab_geo.models.available()``), and its initial weights.
+
+    ``init`` is a checkpoint to fine-tune (``builtin:landcover-demo``, a ``.safetensors`` with
+    its ``.json``) or a bare state dict (``.safetensors``, ``.pt``/``.pth``, e.g. torchvision's
+    ImageNet ResNet weights, whose keys are matched under ``backbone.`` too). Tensors whose name
+    and shape fit are loaded; the rest (a classifier for other classes) keep their fresh
+    initialisation. Without ``architecture`` and ``output_stride``, a checkpoint's own are used.
+    """
+
+    architecture: str | None = None
+    output_stride: Literal[8, 16] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    init: str | None = None
 
 
 class OptimSettings(_Section):
-    """DeepLab's recipe by default: SGD, momentum 0.9, weight decay 5e-4, poly lr (power 0.9)."""
+    """DeepLab's recipe by default: SGD, momentum 0.9, weight decay 5e-4, poly lr (power 0.9),
+    random scale 0.5-1.5, random crop and flip, cross-entropy ignoring 255.
+
+    ``augment``: ``dihedral`` adds vertical flips and 90-degree rotations (aerial images have
+    no canonical "up"), ``hflip`` is the paper's horizontal flip; ``auto`` picks ``dihedral`` for
+    synthetic scenes and chips, ``hflip`` for VOC and Cityscapes. ``head_lr_multiplier`` scales
+    the learning rate of the head (``classifier``), 10 in the released DeepLab recipe.
+    Checkpoints are written every ``checkpoint_every`` steps to ``checkpoint_dir`` (default:
+    ``<output stem>.checkpoints`` beside ``output``), the newest ``keep_checkpoints`` kept;
+    ``resume`` continues from the newest one.
+    """
 
     steps: int = Field(20000, ge=1)
     batch_size: int = Field(10, ge=1)
@@ -306,10 +425,21 @@ class OptimSettings(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     poly_power: float = Field(0.9, ge=0)
+    head_lr_multiplier: float = Field(1.0, gt=0)
+    aux_loss_weight: float = Field(0.5, ge=0)
     scale_range: tuple[float, float] = (0.5, 1.5)
+    augment: Literal["auto", "hflip", "dihedral"] = "auto"
+    freeze_bn: bool = False
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    amp: bool = True
+    workers: int = Field(2, ge=0, le=64)
     seed: int = 0
     threads: int | None = Field(None, ge=1)
     log_every: int = Field(50, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    checkpoint_dir: Path | None = None
+    keep_checkpoints: int = Field(3, ge=1)
+    resume: bool = False
 
     @model_validator(mode="after")
     def _scales(self) -> OptimSettings:
@@ -319,15 +449,70 @@ class OptimSettings(_Section):
         return self
 
 
-class TrainConfig(_Section):
-    """A training run: data, architecture, optimisation, and the checkpoint to write."""
+class DatasetEvalSettings(_Section):
+    """How ``deeplab-geo evaluate dataset`` scores a checkpoint on a dataset split.
 
-    data: SyntheticDataSettings
+    ``checkpoint`` defaults to the training config's ``output``; ``limit`` scores only the first
+    images of the split (quick checks). The CRF is off unless enabled (``--crf`` overrides).
+    """
+
+    split: Literal["train", "val"] = "val"
+    checkpoint: str | None = None
+    backend: str = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    tta: TTASettings = TTASettings()
+    crf: CRFSettings = CRFSettings(enabled=False)
+    limit: int | None = Field(None, ge=1)
+
+
+class TrainConfig(_Section):
+    """A training run: data, architecture, optimisation, the checkpoint to write, and how
+    ``deeplab-geo evaluate dataset`` scores it."""
+
+    data: DataSettings
     model: ModelSpec = ModelSpec()
     train: OptimSettings = OptimSettings()
+    evaluate: DatasetEvalSettings = DatasetEvalSettings()
     output: Path
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kind(cls, data: Any) -> Any:
+        """``data.kind`` may be left out for generated scenes (the first data kind)."""
+        if isinstance(data, dict) and isinstance(data.get("data"), dict) \
+                and "kind" not in data["data"]:
+            return {**data, "data": {**data["data"], "kind": "synthetic"}}
+        return data
+
+
+class DatasetEvalConfig(TrainConfig):
+    """What ``deeplab-geo evaluate dataset`` reads: a training config whose ``output`` may be
+    left out when ``evaluate.checkpoint`` names the model."""
+
+    output: Path | None = None  # type: ignore[assignment]
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read and validate a training YAML file (paths relative to its folder)."""
     return load_yaml_config(path, TrainConfig, overrides)
+
+
+def load_dataset_eval_config(path: str | Path | None,
+                             overrides: dict[str, Any] | None = None) -> DatasetEvalConfig:
+    """A dataset evaluation from a training YAML, or from ``overrides`` alone when ``path`` is
+    ``None`` (relative paths in overrides are taken as they are)."""
+    if path is not None:
+        return load_yaml_config(path, DatasetEvalConfig, overrides)
+    data: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, str(value) if isinstance(value, Path) else value)
+    return _validate(DatasetEvalConfig, data, "evaluate dataset")
+
+
+def is_training_config(path: str | Path) -> bool:
+    """Whether a YAML file is a training config (it has ``data``) rather than a pipeline."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "data" in data

@@ -50,3 +50,9 @@ class ClusterError(DeepLabGeoError, ConnectionError):
     """A dask.distributed cluster could not be reached or started."""
 
     exit_code = 4
+
+
+class DatasetError(DeepLabGeoError, ValueError):
+    """A training or evaluation dataset is missing files, empty, or holds unusable labels."""
+
+    exit_code = 2

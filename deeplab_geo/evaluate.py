@@ -1,20 +1,27 @@
-"""Evaluation of class maps against ground truth, block by block over whole rasters."""
+"""Evaluation against ground truth: class rasters block by block, and datasets image by image.
+
+Every score comes from one confusion matrix accumulated over the whole raster or split (label
+255 ignored), never from averaging per-image or per-tile IoUs; the boundary F-score's counts are
+accumulated the same way.
+"""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from deeplab_geo import io
-from deeplab_geo.config import PipelineConfig
-from deeplab_geo.errors import InputError
+from deeplab_geo import io, tta
+from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
+from deeplab_geo.datasets import SegmentationDataset
+from deeplab_geo.datasets.labels import Grid, open_labels
 from deeplab_geo.metrics import (
-    IGNORE_INDEX,
     Scores,
     boundary_counts,
     boundary_f_score,
@@ -40,18 +47,25 @@ class Evaluation:
                 "confusion_matrix": self.matrix.tolist()}
 
 
-def evaluate_raster(prediction: Path, labels: Path, num_classes: int, name: str = "") -> Evaluation:
-    """Compare a class raster with a label raster on the same grid (label 255 ignored).
+def evaluate_raster(prediction: Path, labels: Path, num_classes: int, name: str = "", *,
+                    class_field: str = "class_id", layer: str | None = None) -> Evaluation:
+    """Compare a class raster with ground truth (label 255 ignored).
 
-    Reads both block by block (with a small halo for the boundary F-score), so memory does not
-    grow with the raster.
+    Args:
+        prediction: a class raster (nodata predictions count as misses).
+        labels: a class raster on the same grid, or vector polygons with class ids in
+            ``class_field`` (GeoPackage, GeoJSON, ...), rasterized on the prediction's grid in
+            its CRS (see :mod:`deeplab_geo.datasets.labels`).
+        num_classes: classes scored.
+        name: the row name in reports (default: the prediction's file name).
+        class_field: the vector labels' class id field.
+        layer: the vector layer (default: the first).
+
+    Both are read block by block (with a small halo for the boundary F-score), so memory does
+    not grow with the raster.
     """
-    with io.open_raster(prediction) as pred_ds, io.open_raster(labels) as label_ds:
-        if (pred_ds.width, pred_ds.height) != (label_ds.width, label_ds.height) or \
-                not pred_ds.transform.almost_equals(label_ds.transform):
-            raise InputError(f"{prediction.name} and {labels.name} are not on the same grid; "
-                             "resample the labels to the prediction's grid first")
-        label_nodata = label_ds.nodata
+    with io.open_raster(prediction) as pred_ds:
+        truth = open_labels(labels, Grid.of(pred_ds), class_field=class_field, layer=layer)
         matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
         edges = np.zeros(4, dtype=np.int64)
         halo = BOUNDARY_TOLERANCE + 1
@@ -59,9 +73,7 @@ def evaluate_raster(prediction: Path, labels: Path, num_classes: int, name: str 
             outer = Window(window.col_off - halo, window.row_off - halo,
                            window.width + 2 * halo, window.height + 2 * halo)
             outer = outer.intersection(Window(0, 0, pred_ds.width, pred_ds.height))
-            target = label_ds.read(1, window=outer)
-            if label_nodata is not None and label_nodata != IGNORE_INDEX:
-                target = np.where(target == label_nodata, IGNORE_INDEX, target)
+            target = truth.read(outer)
             pred = pred_ds.read(1, window=outer)
             r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
             core = (slice(r0, r0 + window.height), slice(c0, c0 + window.width))
@@ -71,8 +83,10 @@ def evaluate_raster(prediction: Path, labels: Path, num_classes: int, name: str 
 
 
 def evaluate_pipeline(config: PipelineConfig, labels: Path,
-                      crf_modes: tuple[bool, ...] = (False, True)) -> list[Evaluation]:
-    """Run a pipeline's model on its input, with and/or without CRF, and score each class map.
+                      crf_modes: tuple[bool, ...] = (False, True), *,
+                      class_field: str = "class_id", layer: str | None = None) -> list[Evaluation]:
+    """Run a pipeline's model on its input, with and/or without CRF, and score each class map
+    against a label raster or vector labels (see :func:`evaluate_raster`).
 
     Only the class raster is produced (no polygons, no quicklook), in a temporary folder.
     """
@@ -92,5 +106,60 @@ def evaluate_pipeline(config: PipelineConfig, labels: Path,
             with rasterio.open(classes) as ds:
                 num_classes = len(ds.tags()["CLASS_NAMES"].split(","))
             results.append(evaluate_raster(classes, labels, num_classes,
-                                           "with CRF" if enabled else "without CRF"))
+                                           "with CRF" if enabled else "without CRF",
+                                           class_field=class_field, layer=layer))
     return results
+
+
+def evaluate_dataset(predictor: Any, dataset: SegmentationDataset, num_classes: int, *,
+                     tta: TTASettings | None = None, crf: CRFSettings | None = None,
+                     crf_modes: tuple[bool, ...] = (False,), limit: int | None = None,
+                     progress: Callable[[int], Any] | None = None) -> list[Evaluation]:
+    """Score a predictor on a dataset split, one whole image at a time.
+
+    Args:
+        predictor: any backend predictor (``predict(tiles) -> probabilities``).
+        dataset: the split (:mod:`deeplab_geo.datasets`).
+        num_classes: classes scored.
+        tta: multi-scale and flip inference (:func:`deeplab_geo.tta.predict`).
+        crf: dense CRF settings, used for the ``True`` entries of ``crf_modes``.
+        crf_modes: which results to produce: without the CRF (``False``), with it (``True``);
+            the network runs once per image for both.
+        limit: score only the first ``limit`` images.
+        progress: called with the image count; returns a bar with ``update`` and ``close``.
+
+    Returns:
+        One :class:`Evaluation` per entry of ``crf_modes``, each from one confusion matrix
+        accumulated over all images.
+    """
+    from deeplab_geo import crf as crf_module
+
+    if any(crf_modes) and crf is None:
+        raise ValueError("crf settings are needed to evaluate with the CRF")
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    matrices = {mode: np.zeros((num_classes, num_classes + 1), np.int64) for mode in crf_modes}
+    edges = {mode: np.zeros(4, np.int64) for mode in crf_modes}
+    bar = progress(count) if progress else None
+    try:
+        for index in range(count):
+            image, target = dataset[index]
+            probs = tta_predict(predictor, image, tta)
+            for mode in crf_modes:
+                refined = crf_module.refine(probs, crf_module.colour_features(image), crf) \
+                    if mode else probs
+                pred = refined.argmax(0).astype(np.uint8)
+                matrices[mode] += confusion_matrix(pred, target, num_classes)
+                edges[mode] += boundary_counts(pred, target, BOUNDARY_TOLERANCE)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return [Evaluation("with CRF" if mode else "without CRF", matrices[mode],
+                       scores(matrices[mode]), boundary_f_score(edges[mode]))
+            for mode in crf_modes]
+
+
+def tta_predict(predictor: Any, image: np.ndarray, settings: TTASettings | None) -> np.ndarray:
+    """Class probabilities ``(C, H, W)`` of one image ``(bands, H, W)``."""
+    return tta.predict(predictor, image[None], settings or TTASettings())[0]

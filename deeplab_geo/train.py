@@ -1,35 +1,71 @@
-"""Training DeepLab models: random scaled crops, poly learning rate, cross-entropy ignoring 255.
+"""Training DeepLab models on any dataset kind, with the paper's recipe as the default.
 
-The default recipe is the DeepLab paper's (SGD with momentum 0.9, weight decay 5e-4, poly
-learning rate ``lr * (1 - step / steps) ** 0.9``, random scaling 0.5-1.5, random crops and
-flips). ``optimizer: adamw`` trains small models from scratch faster; the bundled demo model
-uses it. The result is a checkpoint that ``deeplab-geo run`` loads.
+The default recipe is DeepLab's: SGD with momentum 0.9, weight decay 5e-4, poly learning rate
+``lr * (1 - step / steps) ** 0.9``, random scaling 0.5-1.5, random crops (padded with the mean
+pixel and label 255 where the scaled image is smaller than the crop) and flips, cross-entropy
+ignoring label 255, optionally frozen batch norm. ``optimizer: adamw`` trains small models from
+scratch faster; the bundled demo model uses it.
+
+* ``model.init`` fine-tunes from a checkpoint (``builtin:landcover-demo``) or starts from a bare
+  state dict (ImageNet backbone weights); see :func:`load_init`.
+* On CUDA, the forward pass runs under autocast (bfloat16 where supported; float16 with a
+  gradient scaler otherwise); on the CPU, fp32 channels-last.
+* Every random choice of step ``n`` comes from generators seeded with ``(seed, n)``, so a run
+  resumed from a checkpoint (weights, optimizer, gradient scaler and step; safetensors + JSON)
+  ends with the same weights as an uninterrupted run.
+* The result is a checkpoint that ``deeplab-geo run`` loads, scored on the validation split.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from deeplab_geo.config import OptimSettings, TrainConfig
-from deeplab_geo.metrics import IGNORE_INDEX, confusion_matrix, scores
-from deeplab_geo.models.checkpoint import ModelInfo, save_checkpoint
-from deeplab_geo.sample import CLASS_COLOURS, CLASS_NAMES, synthesize_scene
+from deeplab_geo import models
+from deeplab_geo.config import OptimSettings, TrainConfig, TTASettings
+from deeplab_geo.datasets import SegmentationDataset, build
+from deeplab_geo.datasets.voc import voc_palette
+from deeplab_geo.errors import CheckpointError, ConfigError, DatasetError
+from deeplab_geo.metrics import IGNORE_INDEX
+from deeplab_geo.models.checkpoint import (
+    ModelInfo,
+    load_checkpoint,
+    metadata_path,
+    read_info,
+    resolve,
+    save_checkpoint,
+)
+
+DEFAULT_ARCHITECTURE = "deeplabv3_lite_mobilenet_v3_small"
+IMAGENET_NORMALIZATION = {"scale": 255.0, "mean": [0.485, 0.456, 0.406],
+                          "std": [0.229, 0.224, 0.225]}
+STATISTICS_SAMPLES = 64
+# Settings that may change between a run and its resumption without changing the result.
+RESUMABLE_CHANGES = ("resume", "log_every", "checkpoint_every", "checkpoint_dir",
+                     "keep_checkpoints", "threads", "workers", "device")
 
 
 @dataclass
 class TrainResult:
-    checkpoint: Any
+    """What a training run produced."""
+
+    checkpoint: Path
     val_miou: float | None
     seconds: float
     final_loss: float
+    resumed_from: int | None = None
 
 
 def poly_lr(base_lr: float, step: int, steps: int, power: float) -> float:
@@ -38,126 +74,479 @@ def poly_lr(base_lr: float, step: int, steps: int, power: float) -> float:
 
 
 class CropSampler:
-    """Random scaled, flipped crops from in-memory scenes.
+    """Random scaled, cropped, flipped samples of a dataset (the paper's augmentation).
 
-    Each crop picks a scene uniformly, a scale ``s`` in ``scale_range``, cuts a square of
-    ``crop_size / s`` pixels at a uniform position (whole scene if smaller) and resizes it to
-    ``crop_size`` (bilinear for pixels, nearest for labels); then a random horizontal and vertical
-    flip and a random 90-degree rotation (aerial images have no canonical "up").
+    A sample picks an item uniformly and a scale ``s`` in ``scale_range``; a window of
+    ``crop_size / s`` pixels (clipped to the image) at a uniform position is resized by ``s``
+    (bilinear for pixels, nearest for labels) and padded to ``crop_size`` with ``fill`` (the
+    mean pixel) and label 255: the same as scaling the whole image by ``s`` and cropping.
+    Then a horizontal flip with probability 1/2, and for ``augment="dihedral"`` also a
+    vertical flip and a random multiple of 90 degrees.
     """
 
-    def __init__(self, scenes: list[tuple[np.ndarray, np.ndarray]], crop_size: int,
-                 scale_range: tuple[float, float], rng: np.random.Generator) -> None:
-        self.scenes, self.crop_size = scenes, crop_size
-        self.scale_range, self.rng = scale_range, rng
+    def __init__(self, dataset: SegmentationDataset, crop_size: int,
+                 scale_range: tuple[float, float], augment: str, fill: list[float]) -> None:
+        if len(dataset) == 0:
+            raise DatasetError(f"{dataset.name}: no training samples")
+        self.dataset, self.crop_size, self.scale_range = dataset, crop_size, scale_range
+        self.dihedral = augment == "dihedral"
+        self.fill = torch.tensor(fill, dtype=torch.float32).view(-1, 1, 1)
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self._crop() for _ in range(size)]
+    def sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ``(image float32 (bands, crop, crop), labels int64 (crop, crop))`` pair."""
+        image, labels = self.dataset[int(rng.integers(len(self.dataset)))]
+        _, height, width = image.shape
+        scale = rng.uniform(*self.scale_range)
+        side = max(1, round(self.crop_size / scale))
+        win_h, win_w = min(side, height), min(side, width)
+        r = int(rng.integers(0, height - win_h + 1))
+        c = int(rng.integers(0, width - win_w + 1))
+        img = torch.from_numpy(image[:, r:r + win_h, c:c + win_w].astype(np.float32))
+        lab = torch.from_numpy(labels[r:r + win_h, c:c + win_w].astype(np.int64))
+        out_h = min(self.crop_size, max(1, round(win_h * scale)))
+        out_w = min(self.crop_size, max(1, round(win_w * scale)))
+        if (out_h, out_w) != (win_h, win_w):
+            img = F.interpolate(img[None], size=(out_h, out_w), mode="bilinear",
+                                align_corners=False)[0]
+            lab = F.interpolate(lab[None, None].float(), size=(out_h, out_w),
+                                mode="nearest")[0, 0].long()
+        if (out_h, out_w) != (self.crop_size, self.crop_size):
+            padded = self.fill.expand(-1, self.crop_size, self.crop_size).clone()
+            padded[:, :out_h, :out_w] = img
+            padded_lab = torch.full((self.crop_size, self.crop_size), IGNORE_INDEX,
+                                    dtype=torch.int64)
+            padded_lab[:out_h, :out_w] = lab
+            img, lab = padded, padded_lab
+        if rng.random() < 0.5:
+            img, lab = img.flip(-1), lab.flip(-1)
+        if self.dihedral:
+            if rng.random() < 0.5:
+                img, lab = img.flip(-2), lab.flip(-2)
+            k = int(rng.integers(4))
+            img, lab = img.rot90(k, (-2, -1)), lab.rot90(k, (-2, -1))
+        return img.contiguous(), lab.contiguous()
+
+
+def batches(sampler: CropSampler, seed: int, start: int, steps: int, batch_size: int,
+            workers: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(step, images, labels)`` for steps ``start..steps-1``; sample ``i`` of step ``n`` is
+    drawn with a generator seeded ``(seed, n, i)``. With ``workers`` threads, the next batch is
+    prepared while the current one trains."""
+
+    def make(step: int) -> list[Any]:
+        rngs = [np.random.default_rng([seed, step, i]) for i in range(batch_size)]
+        if pool is None:
+            return [sampler.sample(rng) for rng in rngs]
+        return [pool.submit(sampler.sample, rng) for rng in rngs]
+
+    def collect(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [f.result() if isinstance(f, Future) else f for f in items]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
-    def _crop(self) -> tuple[torch.Tensor, torch.Tensor]:
-        image, labels = self.scenes[self.rng.integers(len(self.scenes))]
-        _, height, width = image.shape
-        scale = self.rng.uniform(*self.scale_range)
-        side = min(round(self.crop_size / scale), height, width)
-        r = self.rng.integers(0, height - side + 1)
-        c = self.rng.integers(0, width - side + 1)
-        img = torch.from_numpy(image[:, r:r + side, c:c + side].astype(np.float32))
-        lab = torch.from_numpy(labels[r:r + side, c:c + side].astype(np.int64))
-        if side != self.crop_size:
-            img = F.interpolate(img[None], size=self.crop_size, mode="bilinear",
-                                align_corners=False)[0]
-            lab = F.interpolate(lab[None, None].float(), size=self.crop_size,
-                                mode="nearest")[0, 0].long()
-        if self.rng.random() < 0.5:
-            img, lab = img.flip(-1), lab.flip(-1)
-        if self.rng.random() < 0.5:
-            img, lab = img.flip(-2), lab.flip(-2)
-        k = int(self.rng.integers(4))
-        return img.rot90(k, (-2, -1)), lab.rot90(k, (-2, -1))
+    pool = ThreadPoolExecutor(workers) if workers > 0 else None
+    try:
+        pending = make(start) if start < steps else []
+        for step in range(start, steps):
+            current = pending
+            if pool is not None and step + 1 < steps:
+                pending = make(step + 1)
+            images, labels = collect(current)
+            if pool is None and step + 1 < steps:
+                pending = make(step + 1)
+            yield step, images, labels
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_optimizer(model: nn.Module, settings: OptimSettings) -> torch.optim.Optimizer:
+    """SGD (or AdamW) over the trainable parameters; the head (``classifier``) gets
+    ``lr * head_lr_multiplier``. Each group's ``lr_scale`` is applied by the schedule."""
+    head, body = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (head if name.startswith("classifier.") else body).append(param)
+    groups = [{"params": body, "lr_scale": 1.0},
+              {"params": head, "lr_scale": settings.head_lr_multiplier}]
+    groups = [g for g in groups if g["params"]]
     if settings.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=settings.lr,
-                                 weight_decay=settings.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+        return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum,
                            weight_decay=settings.weight_decay)
 
 
-def band_statistics(scenes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[float],
-                                                                         list[float]]:
-    """Per-band mean and std of the training images, in units of 1/255."""
-    pixels = np.concatenate([img.reshape(img.shape[0], -1) for img, _ in scenes], axis=1)
-    pixels = pixels.astype(np.float64) / 255.0
-    return pixels.mean(1).round(4).tolist(), pixels.std(1).round(4).tolist()
+def freeze_batch_norm(model: nn.Module) -> int:
+    """Put every batch-norm layer in eval mode with frozen affine parameters; returns how many.
+
+    Call after ``model.train()``: the running statistics are then used, not the batch's."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad_(False)
+            count += 1
+    return count
 
 
-def train(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainResult:
-    """Train a model as ``config`` says and write its checkpoint."""
+def band_statistics(dataset: SegmentationDataset, scale: float,
+                    max_samples: int = STATISTICS_SAMPLES) -> tuple[list[float], list[float]]:
+    """Per-band mean and std (in units of ``scale``) over up to ``max_samples`` evenly spaced
+    samples of the dataset."""
+    count = len(dataset)
+    picks = np.unique(np.linspace(0, count - 1, min(count, max_samples)).round().astype(int))
+    total = sq = None
+    n = 0
+    for index in picks:
+        image = dataset[int(index)][0].reshape(dataset.in_channels, -1).astype(np.float64)
+        image /= scale
+        total = image.sum(1) if total is None else total + image.sum(1)
+        sq = (image ** 2).sum(1) if sq is None else sq + (image ** 2).sum(1)
+        n += image.shape[1]
+    mean = total / n
+    std = np.sqrt(np.maximum(sq / n - mean ** 2, 1e-12))
+    return mean.round(4).tolist(), std.round(4).tolist()
+
+
+def load_init(init: str) -> tuple[dict[str, torch.Tensor], ModelInfo | None]:
+    """The state dict ``model.init`` names, and its metadata when it is a full checkpoint.
+
+    Full checkpoints (weights + ``.json``) load through their metadata; bare state dicts are
+    read as safetensors or with ``torch.load(weights_only=True)``: pickled code is refused.
+    """
+    weights = resolve(init)
+    if metadata_path(weights).is_file():
+        model, info = load_checkpoint(init)
+        return model.state_dict(), info
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: model.init not found; check the path")
+    if weights.suffix == ".safetensors":
+        return load_file(str(weights)), None
+    if weights.suffix in (".pt", ".pth"):
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means unusable
+            raise CheckpointError(f"{weights}: refused or unreadable state dict "
+                                  f"({type(exc).__name__}); save a plain state dict") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{weights}: not a state dict")
+        return state, None
+    raise CheckpointError(f"{weights}: unknown weights format; use .safetensors or .pt")
+
+
+def apply_init(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
+    """Copy the tensors of ``state`` whose name (or ``backbone.`` + name) and shape fit.
+
+    Returns the number of tensors loaded and the model's tensors left at their initialisation.
+    """
+    own = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        for target in (name, f"backbone.{name}"):
+            if target in own and own[target].shape == tensor.shape:
+                loaded[target] = tensor
+                break
+    if not loaded:
+        raise CheckpointError("model.init: no tensor fits the architecture; choose matching "
+                              "weights or model.architecture")
+    model.load_state_dict(loaded, strict=False)
+    return len(loaded), [k for k in own if k not in loaded]
+
+
+def model_info(config: TrainConfig, dataset: SegmentationDataset,
+               init_info: ModelInfo | None, bare_init: bool) -> ModelInfo:
+    """The metadata of the model to train: architecture, classes, bands and normalisation."""
+    spec = config.model
+    architecture = spec.architecture or (init_info.architecture if init_info else
+                                         DEFAULT_ARCHITECTURE)
+    same = init_info is not None and init_info.architecture == architecture
+    output_stride = spec.output_stride or (init_info.output_stride if same else
+                                           models.default_output_stride(architecture))
+    options = spec.options or (init_info.options if same else {})
+    classes = dataset.classes or (init_info.classes if init_info else None)
+    if not classes:
+        raise ConfigError("the labels carry no class names and model.init has none; list "
+                          "them in data.classes")
+    if dataset.colours and len(dataset.colours) == len(classes):
+        colours = dataset.colours
+    elif init_info is not None and init_info.classes == classes:
+        colours = init_info.colours
+    else:
+        colours = voc_palette(len(classes))
+    bands = dataset.in_channels
+    if init_info is not None and init_info.in_channels != bands:
+        raise ConfigError(f"model.init expects {init_info.in_channels} band(s) but the data "
+                          f"has {bands}; choose a matching checkpoint")
+    if init_info is not None:
+        normalization = init_info.normalization
+    elif bare_init and bands == 3:
+        normalization = IMAGENET_NORMALIZATION
+    else:
+        scale = 255.0 if dataset[0][0].dtype == np.uint8 else 1.0
+        mean, std = band_statistics(dataset, scale)
+        normalization = {"scale": scale, "mean": mean, "std": std}
+    return ModelInfo(architecture=architecture, num_classes=len(classes), classes=list(classes),
+                     colours=[list(c) for c in colours], in_channels=bands,
+                     output_stride=output_stride, normalization=dict(normalization),
+                     options=dict(options))
+
+
+def train(config: TrainConfig, *, log: Callable[[str], None] = print,
+          progress: Callable[[int], Any] | None = None) -> TrainResult:
+    """Train a model as ``config`` says and write its checkpoint.
+
+    Args:
+        config: a validated training config (:func:`deeplab_geo.config.load_train_config`).
+        log: receives one-line messages.
+        progress: called with the number of steps; returns a bar with ``update(n)``,
+            ``close()`` and optionally ``set_postfix(**values)`` (a ``tqdm``). Without it, a
+            line is logged every ``train.log_every`` steps.
+
+    Raises:
+        DeepLabGeoError: bad data, init checkpoint or resume state.
+    """
+    from deeplab_geo.backends.torch_backend import resolve_device
+
     opt = config.train
     started = time.perf_counter()
     if opt.threads:
         torch.set_num_threads(opt.threads)
+    device = resolve_device(opt.device)
     torch.manual_seed(opt.seed)
-    rng = np.random.default_rng(opt.seed)
-    data = config.data
-    log(f"generating {len(data.train_seeds)} training and {len(data.val_seeds)} validation "
-        f"scenes of {data.size} px")
-    scenes = [synthesize_scene(seed, data.size) for seed in data.train_seeds]
-    val_scenes = [synthesize_scene(seed, data.size) for seed in data.val_seeds]
-    mean, std = band_statistics(scenes)
-    info = ModelInfo(
-        architecture=config.model.architecture, num_classes=len(CLASS_NAMES),
-        classes=list(CLASS_NAMES), colours=[list(c) for c in CLASS_COLOURS], in_channels=3,
-        output_stride=config.model.output_stride,
-        normalization={"scale": 255.0, "mean": mean, "std": std},
-    )
-    model = info.build().to(memory_format=torch.channels_last)
-    norm_mean = torch.tensor(mean).view(1, -1, 1, 1) * 255.0
-    norm_std = torch.tensor(std).view(1, -1, 1, 1) * 255.0
-    optimizer = make_optimizer(model, opt)
-    sampler = CropSampler(scenes, opt.crop_size, opt.scale_range, rng)
-    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    train_set = build(config.data, "train")
+    log(f"training on {train_set.name}")
+    checkpoints = checkpoint_dir(config)
+    resume_from = latest_state(checkpoints) if opt.resume else None
+    if opt.resume and resume_from is None:
+        raise ConfigError(f"train.resume: no checkpoint in {checkpoints}; train without "
+                          "--resume first")
+    init_state, init_info = (load_init(config.model.init) if config.model.init and
+                             resume_from is None else ({}, None))
+    if resume_from is not None:
+        info = read_info(resume_from / "model.safetensors")
+        info = ModelInfo(**{**asdict(info), "training": {}})
+    else:
+        info = model_info(config, train_set, init_info, bool(init_state) and init_info is None)
+    model = info.build()
+    if init_state:
+        loaded, fresh = apply_init(model, init_state)
+        log(f"initialised {loaded} tensors from {config.model.init}; {len(fresh)} left fresh")
+    model = model.to(device, memory_format=torch.channels_last)
     model.train()
-    running = None
-    for step in range(opt.steps):
-        lr = poly_lr(opt.lr, step, opt.steps, opt.poly_power)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images, labels = sampler.batch(opt.batch_size)
-        images = ((images - norm_mean) / norm_std).contiguous(memory_format=torch.channels_last)
-        loss = loss_fn(model(images)["out"], labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-        if (step + 1) % opt.log_every == 0 or step + 1 == opt.steps:
-            elapsed = time.perf_counter() - started
-            log(f"step {step + 1}/{opt.steps} loss {running:.4f} lr {lr:.2e} "
-                f"({elapsed:.0f} s)")
-    model.eval()
-    val_miou = None
-    if val_scenes:
-        val_miou = evaluate_scenes(model, val_scenes, norm_mean, norm_std, len(CLASS_NAMES))
-        log(f"validation mIoU {val_miou:.4f} on seeds {data.val_seeds}")
+    if opt.freeze_bn:
+        log(f"froze {freeze_batch_norm(model)} batch-norm layers")
+    optimizer = make_optimizer(model, opt)
+    amp_dtype = _amp_dtype(device, opt.amp)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    start, running = 0, None
+    if resume_from is not None:
+        start, running = load_state(resume_from, config, model, optimizer, scaler, device)
+        log(f"resumed from {resume_from} at step {start}")
+    augment = opt.augment if opt.augment != "auto" else (
+        "dihedral" if config.data.kind in ("synthetic", "chips") else "hflip")
+    norm = info.normalization
+    scale = float(norm.get("scale", 1.0))
+    mean = torch.tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1) * scale
+    std = torch.tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1) * scale
+    sampler = CropSampler(train_set, opt.crop_size, opt.scale_range, augment,
+                          fill=mean.flatten().tolist())
+    mean, std = mean.to(device), std.to(device)
+    bar = progress(opt.steps) if progress else None
+    if bar is not None and start:
+        bar.update(start)
+    cuda = device.type == "cuda"
+    try:
+        for step, images, labels in batches(sampler, opt.seed, start, opt.steps,
+                                            opt.batch_size, opt.workers):
+            lr = poly_lr(opt.lr, step, opt.steps, opt.poly_power)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            torch.manual_seed(int(np.random.default_rng([opt.seed, step]).integers(2 ** 62)))
+            if cuda:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            images = images.to(device, non_blocking=cuda)
+            labels = labels.to(device, non_blocking=cuda)
+            images = ((images - mean) / std).contiguous(memory_format=torch.channels_last)
+            loss = _loss(model, images, labels, amp_dtype, opt.aux_loss_weight)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            value = float(loss.detach())
+            running = value if running is None else 0.9 * running + 0.1 * value
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}")
+            elif done % opt.log_every == 0 or done == opt.steps:
+                log(f"step {done}/{opt.steps} loss {running:.4f} lr {lr:.2e} "
+                    f"({time.perf_counter() - started:.0f} s)")
+            if opt.checkpoint_every and (done % opt.checkpoint_every == 0 or
+                                         done == opt.steps):
+                save_state(checkpoints, done, model, info, optimizer, scaler, running, config)
+                prune_states(checkpoints, opt.keep_checkpoints)
+    finally:
+        if bar is not None:
+            bar.close()
+    train_seconds = time.perf_counter() - started
+    val_miou = validate(model, info, config, device, log)
     seconds = time.perf_counter() - started
-    info = ModelInfo(**{**info.__dict__, "training": {
-        "config": config.model_dump(mode="json"), "seconds": round(seconds, 1),
-        "val_miou": val_miou, "torch": torch.__version__, "threads": torch.get_num_threads(),
-    }})
+    record = {"config": config.model_dump(mode="json"), "seconds": round(seconds, 1),
+              "train_seconds": round(train_seconds, 1), "val_miou": val_miou,
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "device": str(device), "amp": str(amp_dtype).removeprefix("torch.")
+              if amp_dtype else None, "resumed_at_step": start or None}
+    info = ModelInfo(**{**asdict(info), "training": record})
     path = save_checkpoint(model, info, config.output)
     log(f"wrote {path}")
-    return TrainResult(path, val_miou, seconds, float(running or 0.0))
+    return TrainResult(path, val_miou, seconds, float(running or 0.0), start or None)
 
 
-def evaluate_scenes(model: nn.Module, scenes: list[tuple[np.ndarray, np.ndarray]],
-                    norm_mean: torch.Tensor, norm_std: torch.Tensor, num_classes: int) -> float:
-    """mIoU of whole-scene predictions over one accumulated confusion matrix."""
-    matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
-    with torch.inference_mode():
-        for image, labels in scenes:
-            x = (torch.from_numpy(image[None].astype(np.float32)) - norm_mean) / norm_std
-            pred = model(x.contiguous(memory_format=torch.channels_last))["out"].argmax(1)[0]
-            matrix += confusion_matrix(pred.numpy(), labels, num_classes)
-    return scores(matrix).miou
+def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bfloat16 on CUDA devices that support it, else float16; ``None`` (fp32) on the CPU."""
+    if device.type != "cuda" or not enabled:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+          amp_dtype: torch.dtype | None, aux_weight: float) -> torch.Tensor:
+    """Cross-entropy over labelled pixels (0 for a batch without any), plus the weighted
+    auxiliary loss when the model has an auxiliary head."""
+    labelled = max(1, int((labels != IGNORE_INDEX).sum()))
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        outputs = model(images)
+    loss = F.cross_entropy(outputs["out"].float(), labels, ignore_index=IGNORE_INDEX,
+                           reduction="sum") / labelled
+    if "aux" in outputs and aux_weight > 0:
+        loss = loss + aux_weight * F.cross_entropy(
+            outputs["aux"].float(), labels, ignore_index=IGNORE_INDEX, reduction="sum") / labelled
+    return loss
+
+
+def validate(model: nn.Module, info: ModelInfo, config: TrainConfig, device: torch.device,
+             log: Callable[[str], None]) -> float | None:
+    """mIoU of the trained model on the validation split (plain inference), or ``None``."""
+    from deeplab_geo.backends.torch_backend import TorchPredictor
+    from deeplab_geo.evaluate import evaluate_dataset
+
+    data = config.data
+    if (data.kind == "synthetic" and not data.val_seeds) or \
+            (data.kind == "chips" and data.val_fraction == 0):
+        return None
+    val_set = build(data, "val")
+    predictor = TorchPredictor(model, info, device)
+    result = evaluate_dataset(predictor, val_set, info.num_classes, tta=TTASettings())[0]
+    model.train()
+    log(f"validation mIoU {result.scores.miou:.4f} on {val_set.name}")
+    return result.scores.miou
+
+
+# -- checkpoints for resuming ----------------------------------------------------------------
+
+def checkpoint_dir(config: TrainConfig) -> Path:
+    """Where a run's resumable checkpoints go (``train.checkpoint_dir`` or beside ``output``)."""
+    if config.train.checkpoint_dir is not None:
+        return config.train.checkpoint_dir
+    return config.output.with_name(f"{config.output.stem}.checkpoints")
+
+
+def latest_state(folder: Path) -> Path | None:
+    """The newest complete ``step_*`` checkpoint in ``folder``, or ``None``."""
+    if not folder.is_dir():
+        return None
+    states = sorted(p for p in folder.glob("step_*") if (p / "state.json").is_file())
+    return states[-1] if states else None
+
+
+def _fingerprint(config: TrainConfig) -> dict[str, Any]:
+    dump = config.model_dump(mode="json", exclude={"evaluate", "output"})
+    for key in RESUMABLE_CHANGES:
+        dump["train"].pop(key, None)
+    return dump
+
+
+def save_state(folder: Path, step: int, model: nn.Module, info: ModelInfo,
+               optimizer: torch.optim.Optimizer, scaler: Any, running: float | None,
+               config: TrainConfig) -> Path:
+    """Write ``folder/step_<n>/``: the model as a regular checkpoint (``run`` loads it), the
+    optimizer's tensors as safetensors and everything else as JSON. Written to a hidden folder
+    and renamed, so a checkpoint is complete or absent."""
+    final = folder / f"step_{step:08d}"
+    staging = folder / f".step_{step:08d}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_checkpoint(model, ModelInfo(**{**asdict(info), "training": {"step": step}}),
+                    staging / "model.safetensors")
+    tensors, scalars = {}, {}
+    for index, entries in optimizer.state_dict()["state"].items():
+        for name, value in entries.items():
+            key = f"{index}.{name}"
+            if torch.is_tensor(value):
+                tensors[key] = value.detach().cpu().contiguous()
+            else:
+                scalars[key] = value
+    save_file(tensors, str(staging / "optimizer.safetensors"))
+    state = {"step": step, "running_loss": running, "config": _fingerprint(config),
+             "param_groups": optimizer.state_dict()["param_groups"], "optimizer_scalars":
+             scalars, "scaler": scaler.state_dict() if scaler is not None else None}
+    (staging / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    staging.replace(final)
+    return final
+
+
+def prune_states(folder: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints."""
+    states = sorted(p for p in folder.glob("step_*") if p.is_dir())
+    for old in states[:-keep]:
+        shutil.rmtree(old)
+
+
+def load_state(folder: Path, config: TrainConfig, model: nn.Module,
+               optimizer: torch.optim.Optimizer, scaler: Any,
+               device: torch.device) -> tuple[int, float | None]:
+    """Restore a :func:`save_state` checkpoint; returns the step and running loss.
+
+    Raises:
+        ConfigError: the checkpoint was made with different settings.
+        CheckpointError: its files are unreadable.
+    """
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        weights = load_file(str(folder / "model.safetensors"), device=str(device))
+        tensors = load_file(str(folder / "optimizer.safetensors"), device=str(device))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder}: unreadable checkpoint ({type(exc).__name__}); "
+                              "delete it to resume from the one before") from None
+    changed = _first_difference(state["config"], _fingerprint(config))
+    if changed:
+        raise ConfigError(f"{folder}: made with a different {changed}; resume with the same "
+                          "settings or train afresh")
+    model.load_state_dict(weights, strict=True)
+    entries: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *state["optimizer_scalars"].items()]:
+        index, name = key.split(".", 1)
+        entries.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": entries, "param_groups": state["param_groups"]})
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    return int(state["step"]), state["running_loss"]
+
+
+def _first_difference(saved: Any, current: Any, prefix: str = "") -> str | None:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(set(saved) | set(current)):
+            found = _first_difference(saved.get(key), current.get(key),
+                                      f"{prefix}.{key}" if prefix else key)
+            if found:
+                return found
+        return None
+    return None if saved == current else (prefix or "config")

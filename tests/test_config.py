@@ -2,7 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from deeplab_geo.config import load_pipeline, load_train_config, validate_pipeline
+from deeplab_geo.config import (
+    is_training_config,
+    load_pipeline,
+    load_train_config,
+    validate_pipeline,
+)
 from deeplab_geo.errors import ConfigError
 
 PIPELINES = sorted((Path(__file__).parent.parent / "pipelines").glob("*.yaml"))
@@ -11,7 +16,7 @@ BASE = {"input": "in.tif", "output_dir": "out"}
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
 def test_every_shipped_yaml_validates(path):
-    if path.name.startswith("train_"):
+    if is_training_config(path):
         config = load_train_config(path)
         assert config.output.is_absolute()
     else:

@@ -1,11 +1,16 @@
-"""``deeplab-geo evaluate``: mIoU, per-class IoU and pixel accuracy against ground truth.
+"""``deeplab-geo evaluate``: mIoU, per-class IoU, pixel accuracy and boundary F-score.
 
 Examples::
 
-    # a finished class map against a label raster on the same grid
+    # a finished class map against a label raster on the same grid, or vector labels
     deeplab-geo evaluate raster out/orthophoto_classes.tif --labels data/sample/labels.tif
+    deeplab-geo evaluate raster out/orthophoto_classes.tif --labels data/sample/labels.gpkg
     # the pipeline's model on its input, without and with the dense CRF
     deeplab-geo evaluate pipeline pipelines/landcover.yaml --labels data/sample/labels.tif
+    # a trained checkpoint on a dataset split (VOC, Cityscapes, chips), with TTA and CRF
+    deeplab-geo evaluate dataset pipelines/voc2012.yaml --set data.root=/data/VOC2012
+    deeplab-geo evaluate dataset --kind cityscapes --root /data/cityscapes \\
+        --checkpoint model.safetensors --crf both
 """
 
 from __future__ import annotations
@@ -15,12 +20,18 @@ from pathlib import Path
 
 import click
 
-from deeplab_geo.cli._common import parse_overrides, reports_errors
+from deeplab_geo.cli._common import (
+    parse_overrides,
+    progress_factory,
+    progress_option,
+    reports_errors,
+)
 
 
 @click.group("evaluate")
 def command() -> None:
-    """Score class maps against ground truth (one confusion matrix over the whole raster)."""
+    """Score class maps against ground truth (one confusion matrix over the whole raster or
+    split, label 255 ignored)."""
 
 
 def _outputs(func):
@@ -31,46 +42,136 @@ def _outputs(func):
     return func
 
 
+def _vector_options(func):
+    func = click.option("--class-field", default="class_id", show_default=True,
+                        help="Class id field of vector labels.")(func)
+    func = click.option("--layer", default=None,
+                        help="Layer of vector labels (default: the first).")(func)
+    return func
+
+
 @command.command("raster")
 @click.argument("prediction", type=click.Path(path_type=Path))
 @click.option("--labels", required=True, type=click.Path(path_type=Path),
-              help="Label raster on the same grid (class ids; 255 = ignore).")
+              help="Label raster on the same grid (class ids; 255 = ignore), or vector labels "
+                   "(.gpkg, .geojson, .shp, .fgb) rasterized on the prediction's grid.")
+@_vector_options
 @_outputs
 @reports_errors
-def raster(prediction: Path, labels: Path, json_path: Path | None, md_path: Path | None) -> None:
+def raster(prediction: Path, labels: Path, class_field: str, layer: str | None,
+           json_path: Path | None, md_path: Path | None) -> None:
     """Score the class raster PREDICTION (a deeplab-geo *_classes.tif)."""
     from deeplab_geo import io
     from deeplab_geo.evaluate import evaluate_raster
 
     with io.open_raster(prediction) as ds:
-        names = ds.tags().get("CLASS_NAMES", "").split(",") if ds.tags().get("CLASS_NAMES") \
-            else None
-        if names is None:
-            names = [str(i) for i in range(int(ds.read(1).max()) + 1)]
-    _emit([evaluate_raster(prediction, labels, len(names))], names, json_path, md_path)
+        tag = ds.tags().get("CLASS_NAMES")
+        names = tag.split(",") if tag else [str(i) for i in range(_max_class(ds) + 1)]
+    _emit([evaluate_raster(prediction, labels, len(names), class_field=class_field,
+                           layer=layer)], names, json_path, md_path)
+
+
+def _max_class(ds) -> int:
+    """The largest class id of an untagged class raster (read block by block; nodata skipped)."""
+    import numpy as np
+
+    largest = 0
+    for _, window in ds.block_windows(1):
+        block = ds.read(1, window=window, masked=True)
+        if block.count():
+            largest = max(largest, int(np.ma.max(block)))
+    return largest
 
 
 @command.command("pipeline")
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--labels", required=True, type=click.Path(path_type=Path),
-              help="Label raster on the input's grid (class ids; 255 = ignore).")
+              help="Label raster on the input's grid (class ids; 255 = ignore), or vector "
+                   "labels rasterized on it.")
 @click.option("--crf", "crf_mode", type=click.Choice(["both", "on", "off"]), default="both",
               show_default=True, help="Evaluate with the CRF, without it, or both.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any pipeline key (repeatable).")
+@_vector_options
 @_outputs
 @reports_errors
 def pipeline(pipeline: Path, labels: Path, crf_mode: str, overrides: tuple[str, ...],
-             json_path: Path | None, md_path: Path | None) -> None:
+             class_field: str, layer: str | None, json_path: Path | None,
+             md_path: Path | None) -> None:
     """Run PIPELINE's model on its input and score the class map against LABELS."""
     from deeplab_geo.config import load_pipeline
     from deeplab_geo.evaluate import evaluate_pipeline
     from deeplab_geo.models.checkpoint import read_info
 
     config = load_pipeline(pipeline, parse_overrides(overrides))
-    modes = {"both": (False, True), "on": (True,), "off": (False,)}[crf_mode]
     names = read_info(config.model.checkpoint).classes
-    _emit(evaluate_pipeline(config, labels, modes), names, json_path, md_path)
+    results = evaluate_pipeline(config, labels, _CRF_MODES[crf_mode], class_field=class_field,
+                                layer=layer)
+    _emit(results, names, json_path, md_path)
+
+
+_CRF_MODES = {"both": (False, True), "on": (True,), "off": (False,)}
+
+
+@command.command("dataset")
+@click.argument("config_path", metavar="[CONFIG]", required=False,
+                type=click.Path(path_type=Path))
+@click.option("--kind", type=click.Choice(["voc", "cityscapes", "chips", "synthetic"]),
+              help="Dataset kind without a CONFIG (= --set data.kind=...).")
+@click.option("--root", type=click.Path(path_type=Path),
+              help="Dataset root for voc / cityscapes (= --set data.root=...).")
+@click.option("--split", type=click.Choice(["train", "val"]),
+              help="Which split to score (default: evaluate.split, val).")
+@click.option("--checkpoint", help="Model to score (default: evaluate.checkpoint, else the "
+                                   "config's output).")
+@click.option("--crf", "crf_mode", type=click.Choice(["both", "on", "off"]),
+              help="Score with the CRF, without it, or both (default: evaluate.crf.enabled).")
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N images.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any key, e.g. --set 'evaluate.tta.scales=[0.5,0.75,1.0]'.")
+@_outputs
+@progress_option
+@reports_errors
+def dataset(config_path: Path | None, kind: str | None, root: Path | None, split: str | None,
+            checkpoint: str | None, crf_mode: str | None, limit: int | None,
+            overrides: tuple[str, ...], json_path: Path | None, md_path: Path | None,
+            progress_style: str, quiet: bool) -> None:
+    """Score a checkpoint on a dataset split (VOC 2012, Cityscapes, raster chips).
+
+    CONFIG is a training YAML (its data, and its evaluate section: split, tta, crf); without
+    one, give the data with --kind/--root/--set data.KEY=VALUE and the model with --checkpoint.
+    Images are predicted whole, with the TTA of evaluate.tta.
+    """
+    from deeplab_geo.config import load_dataset_eval_config
+    from deeplab_geo.datasets import build
+    from deeplab_geo.errors import ConfigError
+    from deeplab_geo.evaluate import evaluate_dataset
+    from deeplab_geo.plugins import choose_backend, get_backend
+
+    values = parse_overrides(overrides)
+    for key, value in (("data.kind", kind), ("data.root", root), ("evaluate.split", split),
+                       ("evaluate.checkpoint", checkpoint), ("evaluate.limit", limit)):
+        if value is not None:
+            values[key] = str(value.resolve()) if isinstance(value, Path) else value
+    config = load_dataset_eval_config(config_path, values)
+    settings = config.evaluate
+    model = settings.checkpoint or (str(config.output) if config.output else None)
+    if model is None:
+        raise ConfigError("no model to score; give --checkpoint (or evaluate.checkpoint)")
+    predictor = get_backend(choose_backend(settings.backend, settings.device)).load(
+        model, device=settings.device)
+    info = predictor.info
+    data = build(config.data, settings.split)
+    if data.classes is not None and len(data.classes) != info.num_classes:
+        raise ConfigError(f"{model} predicts {info.num_classes} classes but {data.name} has "
+                          f"{len(data.classes)}; score a checkpoint trained on these classes")
+    modes = _CRF_MODES[crf_mode] if crf_mode else (settings.crf.enabled,)
+    style = "none" if quiet else progress_style
+    click.echo(f"Scoring {model} on {data.name}", err=True)
+    results = evaluate_dataset(predictor, data, info.num_classes, tta=settings.tta,
+                               crf=settings.crf, crf_modes=modes, limit=settings.limit,
+                               progress=progress_factory(style, "image"))
+    _emit(results, info.classes, json_path, md_path)
 
 
 def _emit(results, names: list[str], json_path: Path | None, md_path: Path | None) -> None:
@@ -83,6 +184,7 @@ def _emit(results, names: list[str], json_path: Path | None, md_path: Path | Non
 
 
 def markdown_table(results, names: list[str]) -> str:
+    """One row per result: mIoU, pixel accuracy, boundary F-score, then IoU per class."""
     header = ["run", "mIoU", "pixel acc.", "boundary F (2 px)", *names]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
@@ -90,5 +192,3 @@ def markdown_table(results, names: list[str]) -> str:
         rows.append(f"| {r.name} | {r.scores.miou:.4f} | {r.scores.pixel_accuracy:.4f} | "
                     f"{r.boundary_f:.4f} | " + " | ".join(ious) + " |")
     return "\n".join(rows)
-
-

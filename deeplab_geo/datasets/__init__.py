@@ -1,0 +1,150 @@
+"""Segmentation datasets behind one interface: indexable ``(image, labels)`` samples.
+
+``image`` is ``(bands, H, W)`` (uint8 RGB for VOC and Cityscapes; the raster's own type and
+bands for chips) and ``labels`` is uint8 ``(H, W)`` with class ids, 255 where a pixel is
+ignored (void, borders, unlabelled). Every dataset also says its class names and colours (or
+``None`` where only a checkpoint can tell) and its band count.
+
+====================  =========================================================================
+kind                  module
+====================  =========================================================================
+``synthetic``         :mod:`deeplab_geo.datasets.synthetic`: generated land-cover scenes
+``voc``               :mod:`deeplab_geo.datasets.voc`: PASCAL VOC 2012 (+ SBD augmentation)
+``cityscapes``        :mod:`deeplab_geo.datasets.cityscapes`: gtFine, 19 train ids
+``chips``             :mod:`deeplab_geo.datasets.chips`: raster + class raster / vector labels
+====================  =========================================================================
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from deeplab_geo.errors import DatasetError
+from deeplab_geo.metrics import IGNORE_INDEX
+
+Sample = tuple[np.ndarray, np.ndarray]
+
+
+class SegmentationDataset(ABC):
+    """A split of a segmentation dataset: ``len()`` samples, ``dataset[i]`` -> ``(image, labels)``.
+
+    Attributes:
+        name: a short description for logs and reports.
+        classes: class names, index = class id (``None``: the labels carry no names).
+        colours: one RGB triple per class (``None`` like ``classes``).
+        in_channels: bands per image.
+    """
+
+    name: str = ""
+    classes: list[str] | None = None
+    colours: list[list[int]] | None = None
+    in_channels: int = 3
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of samples."""
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> Sample:
+        """Sample ``index``: image ``(bands, H, W)`` and uint8 labels ``(H, W)``."""
+
+    def __iter__(self) -> Iterator[Sample]:
+        for index in range(len(self)):
+            yield self[index]
+
+
+def build(settings, split: str) -> SegmentationDataset:
+    """The dataset ``settings`` (one of the ``data`` kinds of a training config) describe.
+
+    Args:
+        settings: ``SyntheticDataSettings``, ``VOCDataSettings``, ``CityscapesDataSettings`` or
+            ``ChipsDataSettings``.
+        split: ``"train"`` or ``"val"``; each kind maps it to its own split (its
+            ``train_split``/``val_split``, seeds, or area).
+
+    Raises:
+        DatasetError: missing files or an empty split.
+    """
+    if split not in ("train", "val"):
+        raise DatasetError(f"split must be 'train' or 'val', got {split!r}")
+    if settings.kind == "synthetic":
+        from deeplab_geo.datasets.synthetic import SyntheticScenes
+
+        seeds = settings.train_seeds if split == "train" else settings.val_seeds
+        return SyntheticScenes(seeds, settings.size)
+    if settings.kind == "voc":
+        from deeplab_geo.datasets.voc import VOCSegmentation
+
+        return VOCSegmentation(settings.root, getattr(settings, f"{split}_split"))
+    if settings.kind == "cityscapes":
+        from deeplab_geo.datasets.cityscapes import CityscapesSegmentation
+
+        return CityscapesSegmentation(settings.root, getattr(settings, f"{split}_split"))
+    if settings.kind == "chips":
+        from deeplab_geo.datasets.chips import RasterChips
+
+        return RasterChips(settings, split)
+    raise DatasetError(f"unknown data kind {settings.kind!r}")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An 8-bit RGB image file as uint8 ``(3, H, W)``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image not found; check the dataset layout") from None
+    except (UnidentifiedImageError, OSError):
+        raise DatasetError(f"{path}: not an image Pillow can read (corrupt or truncated)") \
+            from None
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """A label PNG as uint8 ``(H, W)``: palette and greyscale pixel values are class ids."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise DatasetError(
+                    f"{path}: labels must be a palette or greyscale PNG of class ids, got mode "
+                    f"{img.mode}; convert colour-coded labels to class ids")
+            return np.array(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: label file not found; check the dataset layout") from None
+    except (UnidentifiedImageError, OSError):
+        raise DatasetError(f"{path}: not a PNG Pillow can read (corrupt or truncated)") from None
+
+
+def check_sample(image: np.ndarray, labels: np.ndarray, num_classes: int | None,
+                 where: str) -> Sample:
+    """Refuse a sample whose labels do not fit its image or hold unknown class ids."""
+    if image.shape[-2:] != labels.shape:
+        raise DatasetError(f"{where}: image {image.shape[-2:]} and labels {labels.shape} differ "
+                           "in size")
+    if num_classes is not None:
+        known = (labels < num_classes) | (labels == IGNORE_INDEX)
+        if not known.all():
+            bad = int(labels[~known][0])
+            raise DatasetError(f"{where}: class id {bad} in the labels, but the dataset has "
+                               f"{num_classes} classes; fix the labels or the class list")
+    return image, labels
+
+
+def read_list(path: Path) -> list[str]:
+    """Sample ids of a split list: the first field of each non-empty line, or the file stem
+    when that field is a path (``/JPEGImages/2007_000032.jpg /SegmentationClassAug/...``)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: split list not found; check the dataset root and split")
+    names = [Path(line.split()[0]).stem for line in path.read_text().splitlines()
+             if line.strip()]
+    if not names:
+        raise DatasetError(f"{path}: split list is empty")
+    return names
