@@ -66,3 +66,53 @@ def test_block_wise_boundary_counts_equal_whole_array(tmp_path):
     assert result.boundary_f == pytest.approx(boundary_f_score(boundary_counts(pred, target)))
     assert result.scores.miou == pytest.approx(
         scores(confusion_matrix(pred, target, 3)).miou)
+
+
+def _random_split(seed: int, images: int = 5, num_classes: int = 5):
+    """Label maps with ignored pixels and noisy predictions of different sizes per image."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in range(images):
+        shape = (20 + 3 * i, 30 - 2 * i)
+        target = rng.integers(0, num_classes, shape).astype(np.uint8)
+        target[rng.random(shape) < 0.1] = 255
+        pred = np.where(rng.random(shape) < 0.6, target, rng.integers(0, num_classes, shape))
+        pred = np.where(pred == 255, 0, pred).astype(np.uint8)
+        pairs.append((pred, target))
+    return pairs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_split_scores_agree_with_torchmetrics(seed):
+    torch = pytest.importorskip("torch")
+    tm = pytest.importorskip("torchmetrics.classification")
+    num_classes = 5
+    jaccard = tm.MulticlassJaccardIndex(num_classes, average="none", ignore_index=255)
+    mean_jaccard = tm.MulticlassJaccardIndex(num_classes, average="macro", ignore_index=255)
+    accuracy = tm.MulticlassAccuracy(num_classes, average="micro", ignore_index=255)
+    matrix = np.zeros((num_classes, num_classes + 1), np.int64)
+    per_image = []
+    for pred, target in _random_split(seed, num_classes=num_classes):
+        matrix += confusion_matrix(pred, target, num_classes)
+        per_image.append(scores(confusion_matrix(pred, target, num_classes)).miou)
+        p = torch.from_numpy(pred.astype(np.int64))
+        t = torch.from_numpy(target.astype(np.int64))
+        for metric in (jaccard, mean_jaccard, accuracy):
+            metric.update(p, t)
+    ours = scores(matrix)
+    assert ours.iou == pytest.approx(jaccard.compute().numpy(), abs=1e-6)
+    assert ours.miou == pytest.approx(float(mean_jaccard.compute()), abs=1e-6)
+    assert ours.pixel_accuracy == pytest.approx(float(accuracy.compute()), abs=1e-6)
+    assert ours.miou != pytest.approx(float(np.mean(per_image)), abs=1e-4)
+
+
+def test_absent_classes_are_left_out_of_the_mean_as_torchmetrics_does():
+    torch = pytest.importorskip("torch")
+    tm = pytest.importorskip("torchmetrics.classification")
+    target = np.array([0, 0, 1, 1, 2, 255])
+    pred = np.array([0, 1, 1, 1, 0, 2])
+    metric = tm.MulticlassJaccardIndex(4, average="macro", ignore_index=255)
+    metric.update(torch.from_numpy(pred), torch.from_numpy(target))
+    ours = scores(confusion_matrix(pred, target, 4))
+    assert np.isnan(ours.iou[3])
+    assert ours.miou == pytest.approx(float(metric.compute()))

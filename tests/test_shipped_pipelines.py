@@ -3,13 +3,27 @@
 import json
 from pathlib import Path
 
+import pytest
 import rasterio
 from click.testing import CliRunner
 
 from deeplab_geo.cli import main
+from deeplab_geo.config import is_training_config, load_pipeline, load_train_config
 from deeplab_geo.models.checkpoint import load_checkpoint
+from tests.test_datasets import make_chips_scene, make_cityscapes, make_voc
 
 PIPELINES = Path(__file__).parent.parent / "pipelines"
+SHIPPED = sorted(PIPELINES.glob("*.yaml"))
+# Shipped YAMLs and the test below that runs each end to end.
+END_TO_END = {
+    "landcover.yaml": "test_landcover_pipeline_with_the_bundled_model",
+    "train_landcover_demo.yaml": "test_train_demo_config_trains_a_loadable_checkpoint",
+    "train_chips_demo.yaml": "test_train_chips_demo_fine_tunes_and_evaluates",
+    "voc2012.yaml": "test_benchmark_config_trains_and_evaluates[voc2012]",
+    "cityscapes.yaml": "test_benchmark_config_trains_and_evaluates[cityscapes]",
+}
+TINY_MODEL = ("--set", "model.architecture=deeplabv3_lite_mobilenet_v3_small",
+              "--set", "model.options={}")
 
 
 def invoke(*args):
@@ -55,3 +69,77 @@ def test_train_demo_config_trains_a_loadable_checkpoint(tmp_path):
     assert "validation mIoU" in result.output
     model, info = load_checkpoint(out)
     assert info.classes[0] == "water" and info.training["config"]["train"]["steps"] == 2
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_yaml_validates_with_its_own_schema(path):
+    if is_training_config(path):
+        config = load_train_config(path)
+        assert config.output.is_absolute()
+        for key in ("root", "raster", "labels"):
+            if hasattr(config.data, key):
+                assert getattr(config.data, key).is_absolute()
+    else:
+        config = load_pipeline(path)
+        assert config.input.is_absolute() and config.output_dir.is_absolute()
+
+
+def test_every_shipped_yaml_is_run_end_to_end():
+    assert {p.name for p in SHIPPED} == set(END_TO_END)
+
+
+def _train_then_evaluate(yaml_path, data_overrides, tmp_path, *extra):
+    out = tmp_path / "m.safetensors"
+    common = [*data_overrides, "--set", f"output={out}"]
+    result = invoke("train", yaml_path, *common, "--set", "train.steps=2",
+                    "--set", "train.batch_size=2", "--set", "train.crop_size=32",
+                    "--set", "train.checkpoint_every=1", "--set", "train.workers=1",
+                    "--quiet", *extra)
+    assert result.exit_code == 0, result.output
+    assert "validation mIoU" in result.output
+    assert sorted(p.name for p in (tmp_path / "m.checkpoints").iterdir()) == [
+        "step_00000001", "step_00000002"]
+    scores = invoke("evaluate", "dataset", yaml_path, *common, "--limit", "1", "--crf", "both",
+                    "--set", "evaluate.crf.iterations=2", "--set", "evaluate.device=cpu",
+                    "--set", "evaluate.backend=torch",
+                    "--json", tmp_path / "s.json", "--markdown", tmp_path / "s.md", "--quiet")
+    assert scores.exit_code == 0, scores.output
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert [r["name"] for r in report] == ["without CRF", "with CRF"]
+    assert all(0 <= r["miou"] <= 1 for r in report)
+    return load_checkpoint(out)[1], report
+
+
+@pytest.mark.parametrize("name", ["voc2012", "cityscapes"])
+def test_benchmark_config_trains_and_evaluates(tmp_path, name):
+    root = make_voc(tmp_path) if name == "voc2012" else make_cityscapes(tmp_path)
+    overrides = ["--set", f"data.root={root}", *TINY_MODEL]
+    if name == "voc2012":
+        overrides += ["--set", "data.train_split=train"]
+    info, report = _train_then_evaluate(PIPELINES / f"{name}.yaml", overrides, tmp_path)
+    assert info.num_classes == (21 if name == "voc2012" else 19)
+    recipe = info.training["config"]["train"]
+    assert (recipe["optimizer"], recipe["momentum"], recipe["weight_decay"]) == ("sgd", 0.9,
+                                                                                 5e-4)
+    assert recipe["scale_range"] == [0.5, 1.5] and recipe["freeze_bn"] is True
+    assert len(report[0]["iou"]) == info.num_classes
+
+
+@pytest.mark.slow
+def test_voc2012_config_with_its_resnet101(tmp_path):
+    root = make_voc(tmp_path, train=2, val=1)
+    info, _ = _train_then_evaluate(PIPELINES / "voc2012.yaml",
+                                   ["--set", f"data.root={root}",
+                                    "--set", "data.train_split=train"], tmp_path)
+    assert info.architecture == "deeplabv2_resnet101" and info.output_stride == 8
+
+
+def test_train_chips_demo_fine_tunes_and_evaluates(tmp_path):
+    scene = make_chips_scene(tmp_path / "scene", size=128)
+    overrides = ["--set", f"data.raster={scene['raster']}",
+                 "--set", f"data.labels={scene['vector']}",
+                 "--set", "data.chip_size=64", "--set", "data.block_size=64"]
+    info, report = _train_then_evaluate(PIPELINES / "train_chips_demo.yaml", overrides,
+                                        tmp_path)
+    assert info.classes[0] == "water" and len(info.classes) == 6  # from builtin:landcover-demo
+    assert info.training["config"]["model"]["init"] == "builtin:landcover-demo"
