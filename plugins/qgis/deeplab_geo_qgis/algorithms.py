@@ -54,9 +54,16 @@ class _DeepLabGeoAlgorithm(QgsProcessingAlgorithm):
         return type(self)()
 
     def _run_into_workdir(self, args, feedback, progress_span):
-        """Run the CLI with ``--output-dir <workdir>/out``; return (workdir, its outputs).
+        """Run the CLI into a new private working folder; return (workdir, its outputs).
 
-        The caller removes ``workdir`` (see :func:`_remove_workdir`).
+        Args:
+            args: called with the working folder; returns the CLI's arguments, to which
+                ``--output-dir <workdir>/out`` is added.
+            feedback: the algorithm's feedback.
+            progress_span: the part of the progress bar (percent) the CLI's tiles fill.
+
+        The working folder is removed here if the run fails or is cancelled; otherwise the
+        caller removes it after publishing (see :func:`_remove_workdir`).
         """
         executable = find_executable(ProcessingConfig.getSetting(EXECUTABLE_SETTING))
         workdir = Path(tempfile.mkdtemp(prefix="deeplab-geo-", dir=QgsProcessingUtils.tempFolder()))
@@ -94,19 +101,20 @@ class SegmentRasterAlgorithm(_DeepLabGeoAlgorithm):
     def shortHelpString(self):
         return (
             "Segments a raster into land-cover classes with a DeepLab model by running the "
-            "deeplab-geo command line (configured under Settings > Options > Processing > "
-            "Providers > deeplab-geo, or with $DEEPLAB_GEO_EXECUTABLE).<br><br>"
+            "deeplab-geo command line (set under Settings > Options > Processing > Providers > "
+            "deeplab-geo, or with $DEEPLAB_GEO_EXECUTABLE).<br><br>"
             "<b>Model checkpoint</b>: a .safetensors file with its .json beside it (or an .onnx "
             "export); leave empty for the bundled demo model.<br>"
             "<b>Tile size</b> and <b>Tile overlap</b>: windows in pixels; each tile keeps its "
             "core, half the overlap in from its edges.<br>"
-            "<b>Dense CRF</b> and <b>CRF iterations</b>: refine each tile with DeepLab's fully "
-            "connected CRF (slower, sharper edges).<br>"
-            "<b>Minimum polygon area</b>: regions smaller than this (m²) are dropped from the "
-            "polygons.<br>"
-            "Outputs: a class raster (GeoTIFF, one byte per pixel, class colours), polygons "
-            "(class_id, class_name, area_m2, mean_confidence) in the input's CRS, and optionally "
-            "the per-pixel confidence.")
+            "<b>Refine with the dense CRF</b> and <b>CRF iterations</b>: DeepLab's fully "
+            "connected CRF on each tile (slower, sharper boundaries).<br>"
+            "<b>Minimum polygon area</b>: in m² (the pipeline's vectorize.min_area); no polygon "
+            "smaller than this is written.<br>"
+            "<b>Device</b> (advanced): auto, cpu or cuda.<br>"
+            "Outputs: the class raster (GeoTIFF, class ids with the model's colours), the "
+            "polygons (class_id, class_name, area_m2, mean_confidence, in the input's CRS; "
+            "skipped when not requested) and, if requested, the confidence raster.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
