@@ -111,10 +111,13 @@ class VectorizeSettings(_Section):
 
 
 class ExecutionSettings(_Section):
-    """Local execution: dask threads, and processes for the CRF (which holds the GIL)."""
+    """Local execution: dask threads, processes for the CRF (which holds the GIL), and GDAL's
+    block cache (bounded so that memory does not grow with the raster; GDAL's own default is 5%
+    of RAM)."""
 
     workers: int = Field(2, ge=1, le=256)
     crf_processes: int = Field(2, ge=1, le=256)
+    gdal_cache_mb: int = Field(256, ge=16, le=65536)
 
 
 class ClusterSettings(_Section):

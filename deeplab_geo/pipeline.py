@@ -85,6 +85,11 @@ def run(config: PipelineConfig, *, progress: ProgressFactory | None = None) -> R
     Raises:
         DeepLabGeoError: bad input, checkpoint, backend or output directory; nothing is written.
     """
+    with rasterio.Env(GDAL_CACHEMAX=config.execution.gdal_cache_mb * 2**20):
+        return _run(config, progress)
+
+
+def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     backend_name = choose_backend(config.model.backend, config.model.device)

@@ -42,9 +42,10 @@ from deeplab_geo.models.heads import (
     DeepLabV3PlusHead,
     aspp_rates,
 )
+from deeplab_geo.models.pooling import set_pooling_window
 from deeplab_geo.models.resnet import resnet_atrous
 
-__all__ = ["DeepLab", "build", "available", "default_output_stride"]
+__all__ = ["DeepLab", "build", "available", "default_output_stride", "set_pooling_window"]
 
 
 class DeepLab(nn.Module):
@@ -175,7 +176,8 @@ def build(name: str, *, num_classes: int, in_channels: int = 3,
         in_channels: number of input bands.
         output_stride: 8 or 16; the architecture's default when omitted.
         **options: architecture options: ``aux_loss`` (``deeplabv3_*``), ``aspp`` and
-            ``caffe`` (``deeplabv2_resnet101``). Unknown options are an error.
+            ``caffe`` (``deeplabv2_resnet101``), and ``pooling_window`` (models with global
+            pooling: see :func:`set_pooling_window`). Unknown options are an error.
 
     Raises:
         ValueError: unknown name, option, or invalid sizes.
@@ -184,11 +186,15 @@ def build(name: str, *, num_classes: int, in_channels: int = 3,
     if num_classes < 1 or in_channels < 1:
         raise ValueError("num_classes and in_channels must be positive")
     builder, default_stride = _BUILDERS[name]
+    window = options.pop("pooling_window", None)
     try:
-        return builder(num_classes=num_classes, in_channels=in_channels,
-                       output_stride=output_stride or default_stride, **options)
+        model = builder(num_classes=num_classes, in_channels=in_channels,
+                        output_stride=output_stride or default_stride, **options)
     except TypeError as exc:
         raise ValueError(f"model '{name}': {exc}") from None
+    if window is not None:
+        set_pooling_window(model, window)
+    return model
 
 
 def _check_name(name: str) -> None:
