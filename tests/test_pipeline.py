@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import rasterio
+import torch
 
 from deeplab_geo.config import validate_pipeline
 from deeplab_geo.hookspecs import hookimpl
@@ -107,3 +108,60 @@ def test_all_nodata_tiles_cost_no_inference(tmp_path, pixelwise):
     run(config(tmp_path, raster, model={"backend": "pixelwise", "batch_size": 1}))
     tiles = 9
     assert len(pixelwise.predictor.batch_sizes) < tiles
+
+
+class SmallCNN(torch.nn.Module):
+    """Three 3x3 convolutions (receptive radius 3 px), fixed random weights, 3 classes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 3, 3, padding=1))
+
+    def forward(self, x):
+        return {"out": self.net(x)}
+
+
+class SmallCNNPlugin:
+    def __init__(self):
+        from deeplab_geo.backends.torch_backend import TorchPredictor
+
+        predictor = TorchPredictor(SmallCNN().eval(), PixelwisePredictor.info,
+                                   torch.device("cpu"))
+
+        class Backend:
+            name, description = "smallcnn", "test backend: a 3-layer CNN"
+
+            def load(self, checkpoint, *, device="auto"):
+                return predictor
+
+        self.backend = Backend()
+
+    @hookimpl
+    def register_backends(self):
+        return [self.backend]
+
+
+def test_tiled_run_equals_a_whole_image_prediction_when_overlap_covers_the_reach(tmp_path):
+    """Seams: with cores at least the model's reach (3 px) from tile borders, tiling is exact."""
+    pm = get_plugin_manager()
+    plugin = SmallCNNPlugin()
+    pm.register(plugin, name="smallcnn-test")
+    try:
+        image = np.random.default_rng(4).integers(0, 255, (3, 90, 70), dtype=np.uint8)
+        raster = write_raster(tmp_path / "cnn.tif", image)
+        whole = plugin.backend.load("").predict(image[None].astype(np.float32))[0]
+        result = run(config(tmp_path, raster, model={"backend": "smallcnn", "batch_size": 2},
+                            tiling={"tile_size": 32, "overlap": 8}))
+        assert result.report["raster"]["tiles"] > 9
+    finally:
+        pm.unregister(plugin)
+    with rasterio.open(result.outputs["classes"]) as cls, \
+            rasterio.open(result.outputs["confidence"]) as conf:
+        classes, confidence = cls.read(1), conf.read(1)
+    assert len(np.unique(classes)) == 3
+    assert (classes == whole.argmax(0)).mean() == 1.0
+    assert np.allclose(confidence, whole.max(0), atol=1e-5)
