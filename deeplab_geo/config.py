@@ -102,12 +102,34 @@ class CRFSettings(_Section):
 
 
 class VectorizeSettings(_Section):
-    """Polygon output. ``simplify`` is a tolerance in map units; ``min_area`` is in m²."""
+    """Polygon output (see :mod:`deeplab_geo.vectorize`).
+
+    ``simplify`` is a coverage-simplification tolerance in map units (0: exact pixel edges);
+    ``min_area`` is in m², and smaller regions are merged into the neighbour they share the
+    longest edge with (``min_area_mode: merge``) or left out (``drop``). ``connectivity`` 8 joins
+    pixels that touch at a corner, 4 only those sharing an edge. ``skip_classes`` lists class
+    names or ids not to vectorize; ``layout`` writes one layer or one per class (GeoPackage);
+    ``format`` picks the file type and extension.
+    """
 
     enabled: bool = True
     simplify: float = Field(0.0, ge=0)
     min_area: float = Field(0.0, ge=0)
+    min_area_mode: Literal["merge", "drop"] = "merge"
     connectivity: Literal[4, 8] = 8
+    skip_classes: list[str | int] = Field(default_factory=list)
+    layout: Literal["single", "per_class"] = "single"
+    format: Literal["gpkg", "fgb", "geojson", "parquet"] = "gpkg"
+
+    @model_validator(mode="after")
+    def _check(self) -> VectorizeSettings:
+        bad = [s for s in self.skip_classes if isinstance(s, int) and s < 0 or s == ""]
+        if bad:
+            raise ValueError(f"skip_classes are class names or ids >= 0, got {bad}")
+        if self.layout == "per_class" and self.format != "gpkg":
+            raise ValueError(f"layout per_class needs format gpkg ({self.format} files hold "
+                             "one layer); use layout single or format gpkg")
+        return self
 
 
 class ExecutionSettings(_Section):

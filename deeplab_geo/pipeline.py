@@ -34,7 +34,7 @@ from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
 from deeplab_geo.plugins import choose_backend, get_backend
 from deeplab_geo.quicklook import render_quicklook
 from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, ClassMapWriter
-from deeplab_geo.vectorize import polygonize, write_polygons
+from deeplab_geo.vectorize import SUFFIXES, vectorize
 
 ProgressFactory = Callable[[int], Any]
 
@@ -62,13 +62,13 @@ class _TileJob:
     crf_processes: int = 1
 
 
-def output_names(input_path: Path) -> dict[str, str]:
-    """Final file names of a run, derived from the input's stem."""
+def output_names(input_path: Path, polygon_format: str = "gpkg") -> dict[str, str]:
+    """Final file names of a run, derived from the input's stem (polygons: ``vectorize.format``)."""
     stem = input_path.stem
     return {
         "classes": f"{stem}_classes.tif",
         "confidence": f"{stem}_confidence.tif",
-        "polygons": f"{stem}.gpkg",
+        "polygons": f"{stem}{SUFFIXES[polygon_format]}",
         "quicklook": f"{stem}_quicklook.png",
         "report": "run.json",
     }
@@ -110,7 +110,7 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
                 settings = settings.in_pixels(io.pixel_size_m(ds))
             crf = (settings, crf_module.colour_mapping(ds, settings))
     timings["load"] = time.perf_counter() - started
-    names = output_names(config.input)
+    names = output_names(config.input, config.vectorize.format)
     with io.staged_outputs(config.output_dir) as staging:
         staged = {key: staging / name for key, name in names.items()}
         writer = ClassMapWriter(profile, staged["classes"], staged["confidence"], info.classes,
@@ -127,10 +127,10 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
         polygon_count = None
         if config.vectorize.enabled:
             t0 = time.perf_counter()
-            frame = polygonize(staged["classes"], staged["confidence"], info.classes,
-                               config.vectorize)
-            write_polygons(frame, staged["polygons"])
-            polygon_count = len(frame)
+            polygon_count = vectorize(staged["classes"], staged["polygons"],
+                                      class_names=info.classes, settings=config.vectorize,
+                                      confidence=staged["confidence"],
+                                      source=config.input.name).polygons
             timings["vectorize"] = time.perf_counter() - t0
         else:
             del staged["polygons"]

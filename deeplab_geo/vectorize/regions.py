@@ -1,0 +1,330 @@
+"""Exact connected regions of a class raster, streamed strip by strip.
+
+A *region* is a connected set of pixels of one class: with ``connectivity=8`` pixels that touch
+at a corner belong together, with ``connectivity=4`` only pixels that share an edge. Nodata
+pixels (and classes that are skipped) belong to no region.
+
+How it works, for a raster of any size:
+
+1. The raster is read in strips of whole rows, a multiple of the file's block height
+   (:func:`strip_bounds`), so each block is decoded once.
+2. Each strip is labelled, all classes at once, through runs of pixels
+   (:mod:`deeplab_geo.vectorize.labels`); per region the pixel count, ground area and summed
+   confidence come from sums over runs. GDAL traces the labels (``rasterio.features.shapes``,
+   4-connected, so every ring is valid; the pieces of an 8-connected region touch only at
+   corners and form its MultiPolygon as they are); single-pixel regions, the bulk of a noisy
+   raster, become squares without GDAL.
+3. Regions that do not reach the strip's last row are finished unless they continue a region of
+   the previous strip; they are emitted at once.
+4. Across each strip boundary, the last row of the previous strip is compared with the first row
+   of the new one: pixels of the same class that touch (straight down, and with 8-connectivity
+   also diagonally) belong to one region. The groups of pieces that meet are found with a
+   connected-components pass over that small graph; a group stays open while one of its pieces
+   reaches the new strip's last row, and is emitted, its pieces unioned, as soon as it does not.
+
+Memory therefore holds one strip and the regions that cross its lower edge, never the raster.
+Polygons are in map coordinates; pieces are joined in pixel coordinates (see
+:mod:`deeplab_geo.vectorize.geometry`), where vertices are integers and the union is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+import rasterio.features
+import shapely
+from affine import Affine
+from rasterio.windows import Window
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from deeplab_geo.errors import InputError
+from deeplab_geo.vectorize.geometry import (
+    as_multipolygons,
+    pixel_squares,
+    polygons_from_shapes,
+    to_map,
+    to_pixel,
+    valid_parts,
+)
+from deeplab_geo.vectorize.labels import Regions, label_regions
+
+STRIP_PIXELS = 1 << 22
+"""Default pixels per strip (4 Mpx): rounded to whole blocks of the file."""
+
+# GDAL >= 3.7 traces 4-connected regions into valid polygons (its two-arm-chains polygonizer;
+# invalid rings come only from 8-connected tracing, OSGeo/gdal#7369). Older GDALs are checked
+# and repaired, which costs a GEOS validity test per polygon.
+_GDAL_TRACES_VALID = tuple(int(v) for v in rasterio.__gdal_version__.split(".")[:2]) >= (3, 7)
+
+
+@dataclass(frozen=True)
+class RegionBatch:
+    """Finished regions, one entry per region.
+
+    Attributes:
+        geometry: valid MultiPolygons in map coordinates.
+        class_id: class of each region.
+        pixel_count: pixels in each region.
+        pixel_area_m2: summed ground area of the region's pixels (m²).
+        confidence_sum: summed confidence over the region's pixels, or ``None`` without a
+            confidence raster.
+    """
+
+    geometry: np.ndarray
+    class_id: np.ndarray
+    pixel_count: np.ndarray
+    pixel_area_m2: np.ndarray
+    confidence_sum: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.geometry)
+
+    def select(self, keep: np.ndarray) -> RegionBatch:
+        """The regions where ``keep`` (a boolean mask or index array) selects them."""
+        return RegionBatch(self.geometry[keep], self.class_id[keep], self.pixel_count[keep],
+                           self.pixel_area_m2[keep],
+                           None if self.confidence_sum is None else self.confidence_sum[keep])
+
+
+def strip_bounds(height: int, width: int, block_rows: int,
+                 strip_rows: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of the strips that cover a raster, top to bottom.
+
+    Strips are ``strip_rows`` high, or by default the whole number of blocks (at least one) that
+    holds about :data:`STRIP_PIXELS` pixels. The last strip ends at the last row and may be
+    shorter; strips never overlap.
+    """
+    if strip_rows is None:
+        blocks = max(1, round(STRIP_PIXELS / max(1, width * block_rows)))
+        strip_rows = blocks * block_rows
+    strip_rows = max(1, int(strip_rows))
+    return [(r, min(r + strip_rows, height)) for r in range(0, height, strip_rows)]
+
+
+@dataclass
+class _Group:
+    """A region that crosses a strip boundary, collected until it is finished."""
+
+    class_id: int
+    pixel_count: int
+    pixel_area_m2: float
+    confidence_sum: float
+    parts: list = field(default_factory=list)
+
+    def absorb(self, other: _Group) -> None:
+        self.pixel_count += other.pixel_count
+        self.pixel_area_m2 += other.pixel_area_m2
+        self.confidence_sum += other.confidence_sum
+        self.parts.extend(other.parts)
+
+
+@dataclass(frozen=True)
+class _Strip:
+    """One strip's labelled regions and their statistics (index = local label)."""
+
+    labels: np.ndarray
+    classes: np.ndarray
+    label_class: np.ndarray
+    geometry: np.ndarray
+    pixel_count: np.ndarray
+    pixel_area_m2: np.ndarray
+    confidence_sum: np.ndarray
+
+    def group(self, label: int) -> _Group:
+        return _Group(int(self.label_class[label]), int(self.pixel_count[label]),
+                      float(self.pixel_area_m2[label]), float(self.confidence_sum[label]),
+                      [self.geometry[label]])
+
+    def batch(self, labels: np.ndarray, with_confidence: bool) -> RegionBatch:
+        return RegionBatch(self.geometry[labels], self.label_class[labels],
+                           self.pixel_count[labels], self.pixel_area_m2[labels],
+                           self.confidence_sum[labels] if with_confidence else None)
+
+
+def iter_regions(classes: rasterio.DatasetReader, *, connectivity: int = 8,
+                 skip: tuple[int, ...] = (), confidence: rasterio.DatasetReader | None = None,
+                 pixel_areas: np.ndarray | None = None,
+                 strip_rows: int | None = None) -> Iterator[RegionBatch]:
+    """Stream the finished regions of a class raster (band 1).
+
+    Every region of the raster is yielded exactly once, whole, however the strips cut it.
+
+    Args:
+        classes: the class raster; its nodata pixels belong to no region.
+        connectivity: 8 or 4 (see the module docstring).
+        skip: class ids that are not vectorized (treated like nodata).
+        confidence: a raster of the same grid whose band 1 is summed per region.
+        pixel_areas: ground area (m²) of a pixel in each row (default: 1 per pixel).
+        strip_rows: rows per strip (default: see :func:`strip_bounds`).
+
+    Raises:
+        InputError: the class raster is not of an integer type.
+    """
+    if not np.issubdtype(np.dtype(classes.dtypes[0]), np.integer):
+        raise InputError(f"{classes.name}: class raster has data type {classes.dtypes[0]}; "
+                         "vectorizing needs integer class ids")
+    height, width = classes.height, classes.width
+    if pixel_areas is None:
+        pixel_areas = np.ones(height)
+    with_confidence = confidence is not None
+    open_groups: dict[int, _Group] = {}
+    prev_keys = prev_classes = None
+    next_key = 1
+    strips = strip_bounds(height, width, classes.block_shapes[0][0], strip_rows)
+    for row0, row1 in strips:
+        strip = _read_strip(classes, confidence, row0, row1, connectivity, skip,
+                            pixel_areas[row0:row1])
+        last = row1 == height
+        n = len(strip.label_class) - 1
+        reaches_bottom = np.zeros(n + 1, bool)
+        if not last:
+            reaches_bottom[strip.labels[-1]] = True
+            reaches_bottom[0] = False
+        keys, labels = (_boundary_pairs(prev_keys, prev_classes, strip.labels[0],
+                                        strip.classes[0], connectivity)
+                        if open_groups else (np.empty(0, np.int64), np.empty(0, np.int64)))
+        continued = np.zeros(n + 1, bool)
+        continued[labels] = True
+
+        alone = np.flatnonzero(~continued & ~reaches_bottom)
+        alone = alone[alone > 0]
+        if len(alone):
+            yield strip.batch(alone, with_confidence)
+
+        finished: list[_Group] = []
+        still_open: dict[int, _Group] = {}
+        bottom_key = np.zeros(n + 1, np.int64)
+        for group_keys, group_labels in _components(keys, labels):
+            group = open_groups.pop(int(group_keys[0]))
+            for key in group_keys[1:]:
+                group.absorb(open_groups.pop(int(key)))
+            for label in group_labels:
+                group.absorb(strip.group(int(label)))
+            if reaches_bottom[group_labels].any():
+                still_open[next_key] = group
+                bottom_key[group_labels] = next_key
+                next_key += 1
+            else:
+                finished.append(group)
+        finished.extend(open_groups.values())
+        for label in np.flatnonzero(reaches_bottom & ~continued):
+            still_open[next_key] = strip.group(int(label))
+            bottom_key[label] = next_key
+            next_key += 1
+        if finished:
+            yield _finish(finished, with_confidence, classes.transform)
+        open_groups = still_open
+        prev_keys = bottom_key[strip.labels[-1]]
+        prev_classes = strip.classes[-1]
+
+
+def _read_strip(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader | None,
+                row0: int, row1: int, connectivity: int, skip: tuple[int, ...],
+                pixel_areas: np.ndarray) -> _Strip:
+    window = Window(0, row0, classes.width, row1 - row0)
+    values = classes.read(1, window=window)
+    valid = (values != classes.nodata) if classes.nodata is not None else \
+        classes.read_masks(1, window=window) > 0
+    for cls in skip:
+        valid &= values != cls
+    regions = label_regions(values, valid, connectivity)
+    pixel_count = regions.pixel_count()
+    if np.all(pixel_areas == pixel_areas[0]):
+        area = pixel_count * float(pixel_areas[0])
+    else:
+        area = regions.sum_per_row(pixel_areas)
+    confidence_sum = (regions.sum_of(confidence.read(1, window=window))
+                      if confidence is not None else np.zeros(regions.count + 1))
+    geometry = _trace(regions, pixel_count, classes.transform * Affine.translation(0, row0))
+    return _Strip(regions.labels, values, regions.label_class, geometry, pixel_count, area,
+                  confidence_sum)
+
+
+def _trace(regions: Regions, pixel_count: np.ndarray, transform: Affine) -> np.ndarray:
+    """One valid MultiPolygon per region in map coordinates (index = label; 0 unused).
+
+    GDAL traces 4-connected pieces, valid polygons; with 8-connectivity a region may have
+    several pieces, which touch only at corners and so form a valid MultiPolygon as they are.
+    Single-pixel regions are made directly.
+    """
+    width = regions.labels.shape[1]
+    single = regions.run_label > 0
+    single &= pixel_count[regions.run_label] == 1
+    rows, cols = np.divmod(regions.run_start[single], width)
+    parts = [pixel_squares(rows, cols, transform)]
+    owners = [regions.run_label[single].astype(np.int64)]
+    traced = (regions.run_label > 0) & ~single
+    if traced.any():
+        mask = np.repeat(traced, regions.run_length).reshape(regions.labels.shape)
+        polygons, values = polygons_from_shapes(rasterio.features.shapes(
+            regions.labels, mask=mask, connectivity=4, transform=transform))
+        if not _GDAL_TRACES_VALID:
+            polygons, index = valid_parts(polygons)
+            values = values[index]
+        parts.append(polygons)
+        owners.append(values.astype(np.int64))
+    parts, owners = np.concatenate(parts), np.concatenate(owners)
+    order = np.argsort(owners, kind="stable")
+    unique, index = np.unique(owners[order], return_inverse=True)
+    geometry = np.empty(len(pixel_count), dtype=object)
+    geometry[unique] = shapely.multipolygons(parts[order], indices=index)
+    return geometry
+
+
+def _boundary_pairs(prev_keys: np.ndarray, prev_classes: np.ndarray, labels: np.ndarray,
+                    classes: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (open group key, new label) pairs whose pixels touch across the boundary."""
+    candidates = [(slice(None), slice(None))]
+    if connectivity == 8:
+        candidates += [(slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1))]
+    keys, new = [], []
+    for above, below in candidates:
+        k, lab = prev_keys[above], labels[below]
+        joined = (k > 0) & (lab > 0) & (prev_classes[above] == classes[below])
+        keys.append(k[joined])
+        new.append(lab[joined].astype(np.int64))
+    pairs = np.unique(np.stack([np.concatenate(keys), np.concatenate(new)]), axis=1)
+    return pairs[0], pairs[1]
+
+
+def _components(keys: np.ndarray, labels: np.ndarray
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Connected groups of the bipartite graph (open group keys) -- (new labels)."""
+    if not len(keys):
+        return
+    key_ids, key_index = np.unique(keys, return_inverse=True)
+    label_ids, label_index = np.unique(labels, return_inverse=True)
+    n_keys = len(key_ids)
+    size = n_keys + len(label_ids)
+    graph = coo_matrix((np.ones(len(keys)), (key_index, n_keys + label_index)),
+                       shape=(size, size))
+    _, component = connected_components(graph, directed=False)
+    key_component, label_component = component[:n_keys], component[n_keys:]
+    key_order = np.argsort(key_component, kind="stable")
+    label_order = np.argsort(label_component, kind="stable")
+    key_splits = np.searchsorted(key_component[key_order], np.arange(1, component.max() + 1))
+    label_splits = np.searchsorted(label_component[label_order],
+                                   np.arange(1, component.max() + 1))
+    yield from zip(np.split(key_ids[key_order], key_splits),
+                   np.split(label_ids[label_order], label_splits))
+
+
+def _finish(groups: list[_Group], with_confidence: bool, transform: Affine) -> RegionBatch:
+    """Batch of finished groups; pieces from several strips are unioned in pixel coordinates."""
+    geometry = np.array([g.parts[0] for g in groups], dtype=object)
+    joined = [i for i, g in enumerate(groups) if len(g.parts) > 1]
+    if joined:
+        pieces = to_pixel(np.concatenate([groups[i].parts for i in joined]), transform)
+        bounds = np.cumsum([len(groups[i].parts) for i in joined])[:-1]
+        unions = np.array([shapely.union_all(p) for p in np.split(pieces, bounds)], dtype=object)
+        geometry[joined] = as_multipolygons(to_map(unions, transform))
+    return RegionBatch(
+        geometry,
+        np.array([g.class_id for g in groups], dtype=np.int64),
+        np.array([g.pixel_count for g in groups], dtype=np.int64),
+        np.array([g.pixel_area_m2 for g in groups], dtype=np.float64),
+        np.array([g.confidence_sum for g in groups]) if with_confidence else None)
