@@ -444,7 +444,6 @@ def validate(model: nn.Module, info: ModelInfo, config: TrainConfig, device: tor
     val_set = build(data, "val")
     predictor = TorchPredictor(model, info, device)
     result = evaluate_dataset(predictor, val_set, info.num_classes, tta=TTASettings())[0]
-    model.train()
     log(f"validation mIoU {result.scores.miou:.4f} on {val_set.name}")
     return result.scores.miou
 

@@ -260,6 +260,9 @@ def test_label_errors_are_one_line(tmp_path):
     frame.to_file(tmp_path / "bad.geojson", driver="GeoJSON")
     with pytest.raises(InputError, match="0..254"):
         open_labels(tmp_path / "bad.geojson", grid)
+    unplaced = Grid(grid.width, grid.height, grid.transform, None)
+    with pytest.raises(InputError, match="no CRS to place vector labels"):
+        open_labels(scene["vector"], unplaced)
     other = write_raster(tmp_path / "small.tif", np.zeros((1, 8, 8), np.uint8))
     with pytest.raises(InputError, match="not on the raster's grid"):
         open_labels(other, grid)

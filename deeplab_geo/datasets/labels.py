@@ -118,10 +118,13 @@ class VectorLabels:
                 or values.max(initial=0) >= IGNORE_INDEX:
             raise InputError(f"{path.name}: field '{class_field}' must hold integer class ids "
                              "0..254 in every feature")
+        if grid.crs is None:
+            raise InputError(f"{path.name}: the raster has no CRS to place vector labels on; "
+                             "georeference it first or give a label raster")
         if len(frame) and frame.crs is None:
             raise InputError(f"{path.name}: vector labels have no CRS; assign one (e.g. "
                              "ogr2ogr -a_srs) so they can be placed on the raster")
-        if grid.crs is not None and frame.crs is not None:
+        if frame.crs is not None:
             target = ProjCRS.from_wkt(grid.crs.to_wkt())
             if not ProjCRS.from_user_input(frame.crs).equals(target):
                 frame = frame.to_crs(target)
