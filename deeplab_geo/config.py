@@ -64,20 +64,33 @@ class TilingSettings(_Section):
 class CRFSettings(_Section):
     """Fully connected CRF (Krähenbühl & Koltun) as used by DeepLab.
 
+    Energy: unary ``-log p``; a bilateral kernel ``w1 exp(-Δp²/2θα² - ΔI²/2θβ²)`` and a Gaussian
+    kernel ``w2 exp(-Δp²/2θγ²)`` with Potts compatibility; ``iterations`` mean-field steps.
     Defaults are the released DeepLab ResNet-101 setting: w1=4, theta_alpha=67, theta_beta=3,
-    w2=3, theta_gamma=1, 10 mean-field iterations. ``theta_alpha`` and ``theta_gamma`` are in
-    pixels, or in metres with ``spatial_units: metres``. ``bands`` (1-based, up to three) feed
-    the bilateral kernel's colour; rasters that are not 8-bit are stretched linearly between
-    the ``stretch`` percentiles of the whole raster.
+    w2=3, theta_gamma=1, 10 iterations. ``theta_alpha`` and ``theta_gamma`` are in pixels, or in
+    metres with ``spatial_units: metres``; ``theta_beta`` is in 8-bit colour units. ``bands``
+    (1-based, up to three) feed the bilateral kernel's colour; rasters that are not 8-bit are
+    stretched linearly between the ``stretch`` percentiles of the whole raster.
+
+    ``refiner`` picks the implementation: ``pydensecrf`` (C++, one tile per process, in a pool
+    of ``execution.crf_processes``) or ``torch`` (:mod:`deeplab_geo.crf_torch`, the same lattice
+    approximation in PyTorch, in the calling process). ``device`` is where the torch refiner
+    runs: ``auto`` (a CUDA device when there is one, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:N``; it is independent of ``model.device`` and only valid with ``refiner: torch``.
+
+    Validation: weights are finite and >= 0 (0 switches a kernel off), widths finite and > 0,
+    1 to 100 iterations, stretch percentiles ``0 <= low < high <= 100``, bands >= 1.
     """
 
     enabled: bool = True
+    refiner: Literal["pydensecrf", "torch"] = "pydensecrf"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     iterations: int = Field(10, ge=1, le=100)
-    w1: float = Field(4.0, ge=0)
-    theta_alpha: float = Field(67.0, gt=0)
-    theta_beta: float = Field(3.0, gt=0)
-    w2: float = Field(3.0, ge=0)
-    theta_gamma: float = Field(1.0, gt=0)
+    w1: float = Field(4.0, ge=0, allow_inf_nan=False)
+    theta_alpha: float = Field(67.0, gt=0, allow_inf_nan=False)
+    theta_beta: float = Field(3.0, gt=0, allow_inf_nan=False)
+    w2: float = Field(3.0, ge=0, allow_inf_nan=False)
+    theta_gamma: float = Field(1.0, gt=0, allow_inf_nan=False)
     spatial_units: Literal["pixels", "metres"] = "pixels"
     bands: list[int] | None = Field(None, min_length=1, max_length=3)
     stretch: tuple[float, float] = (2.0, 98.0)
@@ -90,6 +103,9 @@ class CRFSettings(_Section):
         if not 0 <= low < high <= 100:
             raise ValueError(f"stretch must be percentiles 0 <= low < high <= 100, got "
                              f"{self.stretch}")
+        if self.device != "auto" and self.refiner != "torch":
+            raise ValueError(f"device {self.device!r} only applies to refiner 'torch'; set "
+                             f"crf.refiner: torch or leave crf.device out")
         return self
 
     def in_pixels(self, pixel_size_m: float) -> CRFSettings:

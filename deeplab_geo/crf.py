@@ -10,17 +10,31 @@ solved by mean-field inference. Positions are in pixels and colours in 8-bit uni
 widths relate to the ground through the pixel size: at 0.5 m the default θα = 67 px reaches
 33.5 m, at 10 m (Sentinel-2) 670 m. To keep a ground distance across resolutions, give θα and
 θγ in metres (``spatial_units: metres``); they are divided by the raster's pixel size.
-pydensecrf maps θγ, w2 to ``addPairwiseGaussian(sxy, compat)`` and θα, θβ, w1 to
-``addPairwiseBilateral``.
+
+Two refiners compute the same thing (``crf.refiner``):
+
+* ``pydensecrf`` (default): Krähenbühl's C++ code. :func:`kernel_features` builds the feature
+  vectors exactly as ``DenseCRF2D.addPairwiseGaussian`` / ``addPairwiseBilateral`` do (θγ, w2
+  and θα, θβ, w1), and they go to the general ``DenseCRF`` so that pixels can be left out.
+  It holds the GIL, so :func:`refine_many` spreads tiles over a process pool.
+* ``torch``: :mod:`deeplab_geo.crf_torch`, the same permutohedral-lattice approximation in
+  PyTorch, on the CPU or a CUDA device (``crf.device``).
+
+Nodata: pixels outside a tile's validity mask take no part in the CRF. They are not in the
+feature set at all, so no kernel connects them to valid pixels and they cannot influence their
+neighbours; they keep the network's probabilities (the pipeline writes them as nodata anyway).
 """
 
 from __future__ import annotations
 
 import functools
 import multiprocessing
+import shutil
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
+from multiprocessing import shared_memory
 
 import numpy as np
 import rasterio
@@ -29,6 +43,7 @@ from deeplab_geo.config import CRFSettings
 from deeplab_geo.errors import ConfigError
 
 _EPS = 1e-8
+_START_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -97,54 +112,237 @@ def colour_features(tile: np.ndarray, mapping: ColourMapping | None = None) -> n
     return np.ascontiguousarray(colours.transpose(1, 2, 0))
 
 
-def refine(probs: np.ndarray, image: np.ndarray, settings: CRFSettings) -> np.ndarray:
-    """Mean-field inference of the dense CRF for one tile.
+def position_features(height: int, width: int, theta: float) -> np.ndarray:
+    """float32 ``(2, H*W)`` pixel positions ``(x / θ, y / θ)``, row-major, as pydensecrf's
+    ``DenseCRF2D`` computes them."""
+    scale = np.float32(theta)
+    x = np.arange(width, dtype=np.float32) / scale
+    y = np.arange(height, dtype=np.float32) / scale
+    return np.stack([np.broadcast_to(x, (height, width)),
+                     np.broadcast_to(y[:, None], (height, width))]).reshape(2, -1)
+
+
+def kernel_features(image: np.ndarray, settings: CRFSettings,
+                    valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The feature vectors of the Gaussian and the bilateral kernel, one column per pixel.
+
+    Returns float32 C-contiguous ``(2, n)`` positions over θγ and ``(5, n)`` positions over θα
+    and colours over θβ, exactly as pydensecrf's ``DenseCRF2D`` builds them, for the pixels in
+    ``valid`` (all pixels when ``None``), row-major.
+    """
+    height, width = image.shape[:2]
+    gaussian = position_features(height, width, settings.theta_gamma)
+    colours = image.reshape(-1, 3).T.astype(np.float32) / np.float32(settings.theta_beta)
+    bilateral = np.concatenate([position_features(height, width, settings.theta_alpha),
+                                colours])
+    if valid is not None and not valid.all():
+        inside = np.flatnonzero(valid)
+        gaussian, bilateral = gaussian[:, inside], bilateral[:, inside]
+    return np.ascontiguousarray(gaussian), np.ascontiguousarray(bilateral)
+
+
+def refine(probs: np.ndarray, image: np.ndarray, settings: CRFSettings,
+           valid: np.ndarray | None = None) -> np.ndarray:
+    """Mean-field inference of the dense CRF for one tile, with ``settings.refiner``.
 
     Args:
         probs: float32 ``(C, H, W)`` class probabilities from the network.
         image: uint8 ``(H, W, 3)`` colour features (see :func:`colour_features`).
-        settings: kernel weights, widths and iterations.
+        settings: refiner, kernel weights, widths and iterations.
+        valid: bool ``(H, W)``, False on nodata. Pixels outside it take no part in the CRF (no
+            kernel reaches them, so they cannot influence their neighbours) and keep the
+            network's probabilities. ``None``: every pixel is valid.
 
     Returns:
         float32 ``(C, H, W)`` refined marginals, summing to 1 over classes.
+
+    Raises:
+        ValueError: ``image`` or ``valid`` does not match the shape of ``probs``.
     """
+    _check_shapes(probs, image, valid)
+    if settings.refiner == "torch":
+        from deeplab_geo import crf_torch
+
+        return crf_torch.refine(probs, image, settings, valid)
+    return _refine_pydensecrf(probs, image, settings, valid)
+
+
+def _refine_pydensecrf(probs: np.ndarray, image: np.ndarray, settings: CRFSettings,
+                       valid: np.ndarray | None) -> np.ndarray:
     import pydensecrf.densecrf as dcrf  # imported here: a C extension only this stage needs
 
-    n_classes, height, width = probs.shape
+    n_classes = probs.shape[0]
+    unary = -np.log(np.clip(probs.reshape(n_classes, -1), _EPS, 1.0)).astype(np.float32, copy=False)
+    marginals = _normalised(unary)
+    inside = None if valid is None or valid.all() else np.flatnonzero(valid)
+    if inside is not None:
+        unary = unary[:, inside]
+    if unary.shape[1] == 0:
+        return marginals.reshape(probs.shape)
+    gaussian, bilateral = kernel_features(image, settings, valid)
+    crf = dcrf.DenseCRF(unary.shape[1], n_classes)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary))
+    if settings.w2 > 0:
+        crf.addPairwiseEnergy(gaussian, compat=settings.w2)
+    if settings.w1 > 0:
+        crf.addPairwiseEnergy(bilateral, compat=settings.w1)
+    refined = np.asarray(crf.inference(settings.iterations), dtype=np.float32)
+    if inside is None:
+        return refined.reshape(probs.shape)
+    marginals[:, inside] = refined
+    return marginals.reshape(probs.shape)
+
+
+def _normalised(unary: np.ndarray) -> np.ndarray:
+    """``softmax(-unary)`` over classes: the clipped network probabilities, summing to 1."""
+    energy = np.exp(unary.min(0, keepdims=True) - unary)
+    return energy / energy.sum(0, keepdims=True)
+
+
+def _check_shapes(probs: np.ndarray, image: np.ndarray, valid: np.ndarray | None) -> None:
+    height, width = probs.shape[1:]
     if image.shape != (height, width, 3) or image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 ({height}, {width}, 3), got {image.dtype} "
                          f"{image.shape}")
-    unary = -np.log(np.clip(probs, _EPS, 1.0)).reshape(n_classes, -1)
-    crf = dcrf.DenseCRF2D(width, height, n_classes)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    if settings.w2 > 0:
-        crf.addPairwiseGaussian(sxy=settings.theta_gamma, compat=settings.w2)
-    if settings.w1 > 0:
-        crf.addPairwiseBilateral(sxy=settings.theta_alpha, srgb=settings.theta_beta,
-                                 rgbim=np.ascontiguousarray(image), compat=settings.w1)
-    marginals = np.asarray(crf.inference(settings.iterations), dtype=np.float32)
-    return marginals.reshape(n_classes, height, width)
+    if valid is not None and valid.shape != (height, width):
+        raise ValueError(f"valid must be ({height}, {width}), got {valid.shape}")
 
 
-def refine_many(items: list[tuple[np.ndarray, np.ndarray]], settings: CRFSettings,
+def refine_many(items: list[tuple[np.ndarray, ...]], settings: CRFSettings,
                 processes: int = 1) -> list[np.ndarray]:
-    """:func:`refine` for several tiles ``(probs, image)``, in worker processes when asked.
+    """:func:`refine` for several tiles ``(probs, image)`` or ``(probs, image, valid)``.
 
-    pydensecrf holds the GIL, so threads cannot run two refinements at once; with
-    ``processes > 1`` the tiles go to a pool of that many processes (started once per process
-    with the ``spawn`` method, which is safe next to threaded libraries such as torch).
+    The torch refiner runs them one after the other in this process (on ``settings.device``;
+    torch uses several threads itself). pydensecrf holds the GIL, so threads cannot run two
+    of its refinements at once; with ``processes > 1`` the tiles go to a pool of that many
+    processes (see :func:`start_pool`). Arrays travel to and from the workers through one
+    shared-memory block per call, not through pipes: pickling a 512 px tile's float32
+    probabilities and marginals (2 x 6 MB) costs more CPU time than the copy into shared
+    memory. Where ``/dev/shm`` lacks room for the block they are pickled instead; the
+    results are the same.
     """
-    if processes <= 1 or len(items) <= 1:
-        return [refine(probs, image, settings) for probs, image in items]
-    pool = _process_pool(processes)
-    return list(pool.map(_refine_pair, items, repeat(settings)))
+    if settings.refiner == "torch" or processes <= 1 or len(items) <= 1:
+        return [_refine_item(item, settings) for item in items]
+    pool = start_pool(processes)
+    block = _SharedTiles.create(items)
+    if block is None:
+        return list(pool.map(_refine_item, items, repeat(settings)))
+    try:
+        futures = [pool.submit(_refine_shared, block.name, layout, settings)
+                   for layout in block.layouts]
+        for future in futures:
+            future.result()
+        return block.outputs()
+    finally:
+        block.release()
 
 
-def _refine_pair(item: tuple[np.ndarray, np.ndarray], settings: CRFSettings) -> np.ndarray:
-    return refine(item[0], item[1], settings)
+def start_pool(processes: int) -> ProcessPoolExecutor:
+    """The process pool for pydensecrf, started on first use and kept for the process's life.
+
+    Workers are started with ``spawn`` (safe next to threaded libraries such as torch); each
+    imports pydensecrf when it starts, and this returns once all of them have, so the first
+    tiles do not wait for a worker's start-up.
+    """
+    return _process_pool(processes)
 
 
 @functools.cache
 def _process_pool(processes: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=processes,
-                               mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(processes)
+    pool = ProcessPoolExecutor(max_workers=processes, mp_context=context,
+                               initializer=_start_worker, initargs=(ready,))
+    # Each submission starts a worker while none is idle; a worker's first task waits for its
+    # initializer, which waits until every worker has started.
+    for future in [pool.submit(int) for _ in range(processes)]:
+        future.result()
+    return pool
+
+
+def _start_worker(ready: threading.Barrier) -> None:
+    import pydensecrf.densecrf  # noqa: F401  (the import is the work)
+
+    ready.wait(timeout=_START_TIMEOUT_S)
+
+
+def _refine_item(item: tuple[np.ndarray, ...], settings: CRFSettings) -> np.ndarray:
+    probs, image, *valid = item
+    return refine(probs, image, settings, *valid)
+
+
+@dataclass(frozen=True)
+class _TileLayout:
+    """Where one tile's arrays lie in a shared block: ``(offset, shape, dtype)`` each."""
+
+    probs: tuple[int, tuple[int, ...], str]
+    image: tuple[int, tuple[int, ...], str]
+    valid: tuple[int, tuple[int, ...], str] | None
+    output: tuple[int, tuple[int, ...], str]
+
+    def arrays(self, buffer: memoryview) -> tuple[np.ndarray | None, ...]:
+        return tuple(None if spec is None else
+                     np.ndarray(spec[1], np.dtype(spec[2]), buffer, offset=spec[0])
+                     for spec in (self.probs, self.image, self.valid, self.output))
+
+
+class _SharedTiles:
+    """One shared-memory block holding the inputs and outputs of a :func:`refine_many` call."""
+
+    def __init__(self, block: shared_memory.SharedMemory, layouts: list[_TileLayout]) -> None:
+        self.block, self.layouts, self.name = block, layouts, block.name
+
+    @classmethod
+    def create(cls, items: list[tuple[np.ndarray, ...]]) -> _SharedTiles | None:
+        """Copy the inputs into a new block; None where ``/dev/shm`` has too little room."""
+        layouts, size = [], 0
+
+        def place(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, tuple[int, ...], str]:
+            nonlocal size
+            spec = (size, tuple(shape), np.dtype(dtype).str)
+            size += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 64) * 64
+            return spec
+
+        for probs, image, *valid in items:
+            mask = valid[0] if valid else None
+            layouts.append(_TileLayout(
+                place(probs.shape, np.float32), place(image.shape, np.uint8),
+                None if mask is None else place(mask.shape, np.bool_),
+                place(probs.shape, np.float32)))
+        if not _shared_memory_has_room(2 * size):
+            return None
+        tiles = cls(shared_memory.SharedMemory(create=True, size=max(size, 1)), layouts)
+        for (probs, image, *valid), layout in zip(items, layouts):
+            targets = layout.arrays(tiles.block.buf)
+            for target, source in zip(targets, (probs, image, valid[0] if valid else None)):
+                if target is not None:
+                    target[...] = source
+            del targets
+        return tiles
+
+    def outputs(self) -> list[np.ndarray]:
+        results = []
+        for layout in self.layouts:
+            results.append(layout.arrays(self.block.buf)[3].copy())
+        return results
+
+    def release(self) -> None:
+        self.block.close()
+        self.block.unlink()
+
+
+def _shared_memory_has_room(size: int) -> bool:
+    try:
+        return shutil.disk_usage("/dev/shm").free >= size
+    except OSError:
+        return False
+
+
+def _refine_shared(name: str, layout: _TileLayout, settings: CRFSettings) -> None:
+    block = shared_memory.SharedMemory(name=name)
+    try:
+        probs, image, valid, output = layout.arrays(block.buf)
+        output[...] = refine(probs, image, settings, valid)
+        del probs, image, valid, output
+    finally:
+        block.close()

@@ -215,7 +215,7 @@ def process_batch(job: _TileJob) -> list[tuple[np.ndarray, np.ndarray]]:
     batch = np.stack([reads[i][0] for i in todo]) if todo else None
     probs = dict(zip(todo, tta.predict(predictor, batch, job.tta))) if todo else {}
     if job.crf is not None and probs:
-        pairs = [(probs[i], crf_module.colour_features(reads[i][0], job.colours))
+        pairs = [(probs[i], crf_module.colour_features(reads[i][0], job.colours), reads[i][1])
                  for i in todo]
         probs = dict(zip(todo, crf_module.refine_many(pairs, job.crf, job.crf_processes)))
     results = []
