@@ -179,6 +179,18 @@ class ClusterSettings(_Section):
         return self
 
 
+class BatchSettings(_Section):
+    """Batches (``input`` a folder, glob or list; see :mod:`deeplab_geo.batch`).
+
+    ``parallel`` inputs run at once (each still uses the execution settings; on this kind of
+    2-core machine 1 is fastest, on a cluster more keep its workers busy). ``merge`` writes
+    ``merged.gpkg`` with every input's polygons and a ``source`` field.
+    """
+
+    parallel: int = Field(1, ge=1, le=64)
+    merge: bool = False
+
+
 class PipelineConfig(_Section):
     """A validated pipeline. Paths are absolute once loaded through :func:`load_pipeline`."""
 
@@ -191,6 +203,7 @@ class PipelineConfig(_Section):
     vectorize: VectorizeSettings = VectorizeSettings()
     execution: ExecutionSettings = ExecutionSettings()
     cluster: ClusterSettings = ClusterSettings()
+    batch: BatchSettings = BatchSettings()
     quicklook: bool = True
 
 

@@ -31,6 +31,7 @@ from deeplab_geo import cluster as cluster_module
 from deeplab_geo import crf as crf_module
 from deeplab_geo import io, tiling, tta
 from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
+from deeplab_geo.errors import InputError
 from deeplab_geo.plugins import choose_backend, get_backend
 from deeplab_geo.quicklook import render_quicklook
 from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, ClassMapWriter
@@ -119,6 +120,9 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
             t0 = time.perf_counter()
             _predict_all(config, grid, writer, crf, progress)
             timings["predict_and_refine"] = time.perf_counter() - t0
+            if not writer.counts.any():
+                raise InputError(f"{config.input.name}: every pixel is nodata (masked); "
+                                 "check the raster's nodata value or mask")
             t0 = time.perf_counter()
             writer.finish()
             timings["write_cog"] = time.perf_counter() - t0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,16 +22,36 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = _terminate_as_interrupt()
         try:
             return func(*args, **kwargs)
         except DeepLabGeoError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted; no outputs were written.", err=True)
+            click.echo("Interrupted; outputs of unfinished inputs were not written (a rerun "
+                       "resumes).", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM (``kill``) unwind like Ctrl-C, so staging folders are cleaned up.
+
+    Returns the previous handler, or ``None`` outside the main thread (where signals cannot be
+    handled).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:

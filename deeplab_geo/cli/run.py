@@ -7,10 +7,13 @@ Examples::
     deeplab-geo run pipelines/landcover.yaml --set crf.enabled=false --set model.device=cpu
     deeplab-geo run pipelines/landcover.yaml --scheduler tcp://10.0.0.5:8786
     deeplab-geo run pipelines/landcover.yaml --set cluster.local_workers=2
+    deeplab-geo run pipelines/landcover.yaml --input 'orthophotos/*.tif' --output-dir out/all
+    deeplab-geo run pipelines/landcover.yaml --input orthophotos/ --force
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -27,7 +30,8 @@ from deeplab_geo.cli._common import (
 @click.command("run")
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--input", "input_path", type=click.Path(path_type=Path),
-              help="Raster to segment (overrides the pipeline's input).")
+              help="Raster, folder, glob pattern or .txt list of rasters (overrides the "
+                   "pipeline's input).")
 @click.option("--output-dir", type=click.Path(path_type=Path),
               help="Where outputs go (overrides the pipeline's output_dir).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -35,18 +39,23 @@ from deeplab_geo.cli._common import (
 @click.option("--scheduler", metavar="ADDRESS",
               help="Run on this dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 "
                    "(= --set cluster.address=ADDRESS).")
+@click.option("--force", is_flag=True,
+              help="Redo inputs that the output directory's manifest records as finished.")
 @progress_option
 @reports_errors
 def command(pipeline: Path, input_path: Path | None, output_dir: Path | None,
-            overrides: tuple[str, ...], scheduler: str | None, progress_style: str,
-            quiet: bool) -> None:
-    """Segment the raster named in PIPELINE (a YAML file) and write maps and polygons.
+            overrides: tuple[str, ...], scheduler: str | None, force: bool,
+            progress_style: str, quiet: bool) -> None:
+    """Segment the raster(s) named in PIPELINE (a YAML file) and write maps and polygons.
 
-    Relative paths inside the YAML file resolve against the folder that holds it; paths given
-    on the command line resolve against the working directory.
+    The input may be one raster, a folder, a glob pattern or a .txt list of rasters; each gets
+    its own outputs. Inputs finished earlier with the same settings are skipped (see
+    output_dir/manifest.json) unless --force. Relative paths inside the YAML file resolve
+    against the folder that holds it; paths given on the command line resolve against the
+    working directory.
     """
+    from deeplab_geo.batch import run_batch
     from deeplab_geo.config import load_pipeline
-    from deeplab_geo.pipeline import run
 
     values = parse_overrides(overrides)
     if input_path is not None:
@@ -59,10 +68,30 @@ def command(pipeline: Path, input_path: Path | None, output_dir: Path | None,
         show_log_messages()
     config = load_pipeline(pipeline, values)
     progress = progress_factory("none" if quiet else progress_style, "tile")
-    result = run(config, progress=progress)
-    report = result.report
-    click.echo(f"Segmented {config.input.name}: {report['raster']['width']} x "
-               f"{report['raster']['height']} px, {report['raster']['tiles']} tiles in "
-               f"{report['timings_s']['total']:.1f} s")
-    for key, path in result.outputs.items():
-        click.echo(f"  {key:<11} {path}")
+    result = run_batch(config, force=force, progress=progress, on_outcome=_echo_outcome)
+    if result.batch:
+        counts = {s: sum(o.status == s for o in result.outcomes)
+                  for s in ("done", "skipped", "failed")}
+        click.echo(f"{len(result.outcomes)} inputs: {counts['done']} done, "
+                   f"{counts['skipped']} skipped (finished earlier), {counts['failed']} failed; "
+                   f"manifest {config.output_dir / 'manifest.json'}")
+        if result.merged is not None:
+            click.echo(f"  merged      {result.merged}")
+    if result.failed:
+        sys.exit(1)
+
+
+def _echo_outcome(index: int, total: int, outcome) -> None:
+    item = outcome.item
+    if outcome.status == "skipped":
+        click.echo(f"Skipped {item.key}: finished earlier with the same settings "
+                   "(--force to redo)")
+    elif outcome.status == "failed":
+        click.echo(f"[{index + 1}/{total}] {item.key}: FAILED: {outcome.error}", err=True)
+    else:
+        raster = outcome.report["raster"]
+        prefix = f"[{index + 1}/{total}] " if total > 1 else ""
+        click.echo(f"{prefix}Segmented {item.key}: {raster['width']} x {raster['height']} px, "
+                   f"{raster['tiles']} tiles in {outcome.seconds:.1f} s")
+        for key, path in outcome.outputs.items():
+            click.echo(f"  {key:<11} {path}")
