@@ -258,3 +258,18 @@ def test_the_environment_is_never_logged(tiny_pipeline, monkeypatch):
     assert "hunter2" not in result.output + result.stderr
     assert "hunter2" not in (out / "run.json").read_text()
     assert "hunter2" not in (out / "manifest.json").read_text()
+
+
+def test_parallel_inputs_give_the_same_outputs(tiny_pipeline, three_rasters):
+    (three_rasters / "b" / "broken.tif").unlink()
+    outputs = {}
+    for parallel in (1, 2):
+        out = tiny_pipeline.parent / f"p{parallel}"
+        result = invoke("run", tiny_pipeline, "--input", three_rasters / "**" / "*.tif",
+                        "--output-dir", out, "--quiet", "--set", f"batch.parallel={parallel}")
+        assert result.exit_code == 0, result.output
+        outputs[parallel] = read_outputs(out)
+    assert outputs[1].keys() == outputs[2].keys() and len(outputs[1]) == 6
+    for key, value in outputs[1].items():
+        other = outputs[2][key]
+        assert np.array_equal(other, value) if isinstance(value, np.ndarray) else other == value
