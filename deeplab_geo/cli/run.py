@@ -64,7 +64,7 @@ def command(pipeline: Path, input_path: Path | None, output_dir: Path | None,
         values["output_dir"] = output_dir
     if scheduler is not None:
         values["cluster.address"] = scheduler
-    if not quiet and progress_style != "none":
+    if not quiet and progress_style == "bar":  # JSON progress: stderr is for programs
         show_log_messages()
     config = load_pipeline(pipeline, values)
     progress = progress_factory("none" if quiet else progress_style, "tile")
