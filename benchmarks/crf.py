@@ -1,22 +1,36 @@
 """Dense CRF: throughput per refiner and the paper's claim (CRF improves mIoU and boundaries).
 
     python benchmarks/crf.py [--checkpoint builtin:landcover-demo] [--size 2048] [--seed 0]
+                             [--processes 2] [--pickled] [--repeat 1]
 
 The held-out demo scene (seed 0) is cut into the pipeline's tiles (512 px, overlap 64), the
-network's probabilities are computed once, then each refiner processes the same tiles. Printed:
-Mpx/s of each refiner (tile pixels, overlap included) and, for the stitched cores, mIoU and
-boundary F-score (2 px) against the ground truth without and with each refiner.
+network's probabilities are computed once, then each refiner processes the same tiles:
+
+* pydensecrf in this process, then in a pool of ``--processes`` workers (started before the
+  clock runs, as a long pipeline run amortises it); ``--pickled`` adds a row with the arrays
+  pickled through pipes instead of shared memory;
+* the torch refiner on the CPU (``torch.get_num_threads()`` threads; its Gaussian lattice is
+  built once, inside the timing), and on CUDA when there is a device.
+
+Printed: Mpx/s (tile pixels, overlap included; the best of ``--repeat`` rounds, each round
+timing every refiner once, so that all see similar machine load), mIoU and boundary F-score
+(2 px) of the stitched cores against the ground truth without and with each refiner, the
+speed-up of the pool over one process, the share of pixels where the torch refiner's labels
+equal pydensecrf's, and the load average before and after (other work on the machine skews
+the timings).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
+import torch
 
+from deeplab_geo import crf, crf_torch
 from deeplab_geo.config import CRFSettings
-from deeplab_geo.crf import colour_features, refine_many
 from deeplab_geo.metrics import boundary_counts, boundary_f_score, confusion_matrix, scores
 from deeplab_geo.plugins import get_backend
 from deeplab_geo.sample import synthesize_scene
@@ -38,13 +52,23 @@ def quality(classes, labels, num_classes):
     return miou, boundary_f_score(boundary_counts(classes, labels, 2))
 
 
+def timed(pairs, settings, processes):
+    started = time.perf_counter()
+    refined = crf.refine_many(pairs, settings, processes)
+    return refined, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="builtin:landcover-demo")
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--pickled", action="store_true",
+                        help="also time the pool with arrays pickled through pipes")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; the best time counts")
     args = parser.parse_args()
+    load_before = os.getloadavg()
 
     image, labels = synthesize_scene(args.seed, args.size)
     grid = tile_grid(args.size, args.size, 512, 64)
@@ -54,20 +78,42 @@ def main() -> None:
     for batch in batched(tiles, 4):
         probs.extend(predictor.predict(np.stack(batch).astype(np.float32)))
     n_classes = probs[0].shape[0]
-    pairs = [(p, colour_features(t)) for p, t in zip(probs, tiles)]
+    pairs = [(p, crf.colour_features(t)) for p, t in zip(probs, tiles)]
     megapixels = sum(t.shape[1] * t.shape[2] for t in tiles) / 1e6
     settings = CRFSettings()
 
+    runs = [("pydensecrf, 1 process", settings, 1)]
+    crf.start_pool(args.processes)
+    runs.append((f"pydensecrf, {args.processes} processes", settings, args.processes))
+    if args.pickled:
+        runs.append((f"pydensecrf, {args.processes} processes, pickled", settings,
+                     args.processes))
+    runs.append((f"torch, CPU ({torch.get_num_threads()} threads)",
+                 settings.model_copy(update={"refiner": "torch", "device": "cpu"}), 1))
+    if torch.cuda.is_available():
+        runs.append((f"torch, {torch.cuda.get_device_name()}",
+                     settings.model_copy(update={"refiner": "torch", "device": "cuda"}), 1))
+
+    best: dict[str, float] = {}
+    labels_of: dict[str, np.ndarray] = {}
+    for _ in range(args.repeat):
+        for name, run_settings, processes in runs:
+            crf_torch._grid_lattice.cache_clear()
+            if run_settings.device == "cuda":
+                timed(pairs[:1], run_settings, 1)  # CUDA context and kernels, not timed
+            shared_dir = crf._SHARED_DIR
+            if name.endswith("pickled"):
+                crf._SHARED_DIR = shared_dir / "missing"  # no shared files: arrays are pickled
+            try:
+                refined, seconds = timed(pairs, run_settings, processes)
+            finally:
+                crf._SHARED_DIR = shared_dir
+            best[name] = min(seconds, best.get(name, seconds))
+            labels_of[name] = stitch(grid, refined, args.size)
     rows = [("none (network only)", None, *quality(stitch(grid, probs, args.size), labels,
                                                     n_classes))]
-    refine_many(pairs[:2], settings, args.processes)  # start the pool before timing
-    for name, processes in (("pydensecrf, 1 process", 1),
-                            (f"pydensecrf, {args.processes} processes", args.processes)):
-        started = time.perf_counter()
-        refined = refine_many(pairs, settings, processes)
-        seconds = time.perf_counter() - started
-        rows.append((name, megapixels / seconds,
-                     *quality(stitch(grid, refined, args.size), labels, n_classes)))
+    rows += [(name, megapixels / best[name], *quality(labels_of[name], labels, n_classes))
+             for name, _, _ in runs]
 
     print(f"scene seed {args.seed}, {args.size} px, {len(grid)} tiles of 512 px "
           f"({megapixels:.1f} Mpx with overlap), {n_classes} classes, CRF {settings}\n")
@@ -78,6 +124,13 @@ def main() -> None:
         print(f"| {name} | {speed} | {miou:.4f} | {bf:.4f} |")
     single, pooled = rows[1][1], rows[2][1]
     print(f"\nprocess-pool speed-up: {pooled / single:.2f}x")
+    reference = labels_of[runs[0][0]]
+    for name, _, _ in runs:
+        if name.startswith("torch"):
+            agreement = (labels_of[name] == reference).mean()
+            print(f"{name} labels equal to pydensecrf's on {100 * agreement:.3f}% of pixels")
+    print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
+          f"({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

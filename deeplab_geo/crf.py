@@ -28,13 +28,15 @@ neighbours; they keep the network's probabilities (the pipeline writes them as n
 from __future__ import annotations
 
 import functools
+import mmap
 import multiprocessing
-import shutil
+import os
 import threading
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
-from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -44,6 +46,7 @@ from deeplab_geo.errors import ConfigError
 
 _EPS = 1e-8
 _START_TIMEOUT_S = 120
+_SHARED_DIR = Path("/dev/shm")
 
 
 @dataclass(frozen=True)
@@ -216,25 +219,25 @@ def refine_many(items: list[tuple[np.ndarray, ...]], settings: CRFSettings,
     torch uses several threads itself). pydensecrf holds the GIL, so threads cannot run two
     of its refinements at once; with ``processes > 1`` the tiles go to a pool of that many
     processes (see :func:`start_pool`). Arrays travel to and from the workers through one
-    shared-memory block per call, not through pipes: pickling a 512 px tile's float32
-    probabilities and marginals (2 x 6 MB) costs more CPU time than the copy into shared
-    memory. Where ``/dev/shm`` lacks room for the block they are pickled instead; the
-    results are the same.
+    shared-memory file per call (in ``/dev/shm``), not through pipes: pickling a 512 px tile's
+    float32 probabilities and marginals (2 x 6 MB) and pushing them through a pipe costs
+    several copies in each direction. Where no such file can be reserved (no ``/dev/shm``, or
+    too little room in it) the arrays are pickled instead; the results are the same.
     """
     if settings.refiner == "torch" or processes <= 1 or len(items) <= 1:
         return [_refine_item(item, settings) for item in items]
     pool = start_pool(processes)
-    block = _SharedTiles.create(items)
-    if block is None:
+    shared = _SharedTiles.create(items)
+    if shared is None:
         return list(pool.map(_refine_item, items, repeat(settings)))
     try:
-        futures = [pool.submit(_refine_shared, block.name, layout, settings)
-                   for layout in block.layouts]
+        futures = [pool.submit(_refine_shared, str(shared.path), layout, settings)
+                   for layout in shared.layouts]
         for future in futures:
             future.result()
-        return block.outputs()
+        return shared.outputs()
     finally:
-        block.release()
+        shared.release()
 
 
 def start_pool(processes: int) -> ProcessPoolExecutor:
@@ -271,78 +274,94 @@ def _refine_item(item: tuple[np.ndarray, ...], settings: CRFSettings) -> np.ndar
     return refine(probs, image, settings, *valid)
 
 
+_Placement = tuple[int, tuple[int, ...], str]  # offset, shape, dtype
+
+
 @dataclass(frozen=True)
 class _TileLayout:
-    """Where one tile's arrays lie in a shared block: ``(offset, shape, dtype)`` each."""
+    """Where one tile's arrays lie in a shared file."""
 
-    probs: tuple[int, tuple[int, ...], str]
-    image: tuple[int, tuple[int, ...], str]
-    valid: tuple[int, tuple[int, ...], str] | None
-    output: tuple[int, tuple[int, ...], str]
+    probs: _Placement
+    image: _Placement
+    valid: _Placement | None
+    output: _Placement
 
-    def arrays(self, buffer: memoryview) -> tuple[np.ndarray | None, ...]:
-        return tuple(None if spec is None else
-                     np.ndarray(spec[1], np.dtype(spec[2]), buffer, offset=spec[0])
-                     for spec in (self.probs, self.image, self.valid, self.output))
+    def inputs(self, buffer: mmap.mmap) -> tuple[np.ndarray | None, ...]:
+        """Copies of the tile's inputs (copies: no view may outlive the mapping)."""
+        return tuple(None if place is None else _view(buffer, place).copy()
+                     for place in (self.probs, self.image, self.valid))
+
+
+def _view(buffer: mmap.mmap, place: _Placement) -> np.ndarray:
+    offset, shape, dtype = place
+    return np.ndarray(shape, np.dtype(dtype), buffer, offset=offset)
 
 
 class _SharedTiles:
-    """One shared-memory block holding the inputs and outputs of a :func:`refine_many` call."""
+    """One file in ``/dev/shm`` holding the inputs and outputs of a :func:`refine_many` call."""
 
-    def __init__(self, block: shared_memory.SharedMemory, layouts: list[_TileLayout]) -> None:
-        self.block, self.layouts, self.name = block, layouts, block.name
+    def __init__(self, path: Path, buffer: mmap.mmap, layouts: list[_TileLayout]) -> None:
+        self.path, self.buffer, self.layouts = path, buffer, layouts
 
     @classmethod
     def create(cls, items: list[tuple[np.ndarray, ...]]) -> _SharedTiles | None:
-        """Copy the inputs into a new block; None where ``/dev/shm`` has too little room."""
-        layouts, size = [], 0
+        """Reserve the file and copy the inputs in; None where that is not possible."""
+        size = 0
 
-        def place(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, tuple[int, ...], str]:
+        def place(shape: tuple[int, ...], dtype: type) -> _Placement:
             nonlocal size
-            spec = (size, tuple(shape), np.dtype(dtype).str)
+            start = size
             size += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 64) * 64
-            return spec
+            return start, tuple(shape), np.dtype(dtype).str
 
-        for probs, image, *valid in items:
-            mask = valid[0] if valid else None
-            layouts.append(_TileLayout(
-                place(probs.shape, np.float32), place(image.shape, np.uint8),
-                None if mask is None else place(mask.shape, np.bool_),
-                place(probs.shape, np.float32)))
-        if not _shared_memory_has_room(2 * size):
+        layouts = [_TileLayout(place(probs.shape, np.float32), place(image.shape, np.uint8),
+                               place(valid[0].shape, np.bool_) if valid else None,
+                               place(probs.shape, np.float32))
+                   for probs, image, *valid in items]
+        mapped = _reserve(size)
+        if mapped is None:
             return None
-        tiles = cls(shared_memory.SharedMemory(create=True, size=max(size, 1)), layouts)
-        for (probs, image, *valid), layout in zip(items, layouts):
-            targets = layout.arrays(tiles.block.buf)
-            for target, source in zip(targets, (probs, image, valid[0] if valid else None)):
-                if target is not None:
-                    target[...] = source
-            del targets
-        return tiles
+        shared = cls(*mapped, layouts)
+        try:
+            for (probs, image, *valid), layout in zip(items, layouts):
+                _view(shared.buffer, layout.probs)[...] = probs
+                _view(shared.buffer, layout.image)[...] = image
+                if valid:
+                    _view(shared.buffer, layout.valid)[...] = valid[0]
+        except BaseException:
+            shared.release()
+            raise
+        return shared
 
     def outputs(self) -> list[np.ndarray]:
-        results = []
-        for layout in self.layouts:
-            results.append(layout.arrays(self.block.buf)[3].copy())
-        return results
+        return [_view(self.buffer, layout.output).copy() for layout in self.layouts]
 
     def release(self) -> None:
-        self.block.close()
-        self.block.unlink()
+        self.buffer.close()
+        self.path.unlink(missing_ok=True)
 
 
-def _shared_memory_has_room(size: int) -> bool:
+def _reserve(size: int) -> tuple[Path, mmap.mmap] | None:
+    """A new file of ``size`` bytes in ``/dev/shm``, its space allocated, and its mapping.
+
+    Allocating up front turns a full ``/dev/shm`` into an error here (and a fall-back to
+    pickling) instead of a SIGBUS when the mapping is written.
+    """
+    if not (_SHARED_DIR.is_dir() and hasattr(os, "posix_fallocate")):
+        return None
+    path = _SHARED_DIR / f"deeplab-geo-crf-{os.getpid()}-{uuid.uuid4().hex}"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
-        return shutil.disk_usage("/dev/shm").free >= size
+        os.posix_fallocate(fd, 0, size)
+        return path, mmap.mmap(fd, size)
     except OSError:
-        return False
-
-
-def _refine_shared(name: str, layout: _TileLayout, settings: CRFSettings) -> None:
-    block = shared_memory.SharedMemory(name=name)
-    try:
-        probs, image, valid, output = layout.arrays(block.buf)
-        output[...] = refine(probs, image, settings, valid)
-        del probs, image, valid, output
+        path.unlink(missing_ok=True)
+        return None
     finally:
-        block.close()
+        os.close(fd)
+
+
+def _refine_shared(path: str, layout: _TileLayout, settings: CRFSettings) -> None:
+    with open(path, "r+b") as file, mmap.mmap(file.fileno(), 0) as buffer:
+        probs, image, valid = layout.inputs(buffer)
+        _view(buffer, layout.output)[...] = refine(probs, image, settings, valid)

@@ -168,7 +168,7 @@ def test_refine_many_in_processes_passes_masks_and_equals_in_process(monkeypatch
     settings = CRFSettings(iterations=3)
     serial = refine_many(items, settings, processes=1)
     shared = refine_many(items, settings, processes=2)
-    monkeypatch.setattr(crf, "_shared_memory_has_room", lambda size: False)
+    monkeypatch.setattr(crf, "_SHARED_DIR", crf._SHARED_DIR / "missing")
     pickled = refine_many(items, settings, processes=2)
     for a, b, c in zip(serial, shared, pickled):
         assert np.array_equal(a, b) and np.array_equal(a, c)
