@@ -306,12 +306,21 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
     Raises:
         DeepLabGeoError: bad data, init checkpoint or resume state.
     """
+    previous_threads = torch.get_num_threads()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    try:
+        return _train(config, log, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(config: TrainConfig, log: Callable[[str], None],
+           progress: Callable[[int], Any] | None) -> TrainResult:
     from deeplab_geo.backends.torch_backend import resolve_device
 
     opt = config.train
     started = time.perf_counter()
-    if opt.threads:
-        torch.set_num_threads(opt.threads)
     device = resolve_device(opt.device)
     torch.manual_seed(opt.seed)
     train_set = build(config.data, "train")

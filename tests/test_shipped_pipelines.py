@@ -64,6 +64,7 @@ def test_train_demo_config_trains_a_loadable_checkpoint(tmp_path):
                     "--set", "train.steps=2", "--set", "train.batch_size=2",
                     "--set", "train.crop_size=32", "--set", "data.size=64",
                     "--set", "data.train_seeds=[5]", "--set", "data.val_seeds=[6]",
+                    "--set", "train.threads=1",
                     "--set", f"output={out}")
     assert result.exit_code == 0, result.output
     assert "validation mIoU" in result.output
@@ -94,6 +95,7 @@ def _train_then_evaluate(yaml_path, data_overrides, tmp_path, *extra):
     result = invoke("train", yaml_path, *common, "--set", "train.steps=2",
                     "--set", "train.batch_size=2", "--set", "train.crop_size=32",
                     "--set", "train.checkpoint_every=1", "--set", "train.workers=1",
+                    "--set", "train.threads=1",
                     "--quiet", *extra)
     assert result.exit_code == 0, result.output
     assert "validation mIoU" in result.output

@@ -112,7 +112,8 @@ def _voc_config(tmp_path, steps, **train):
     return TrainConfig.model_validate({
         "data": {"kind": "voc", "root": str(voc), "train_split": "train"},
         "train": {"steps": steps, "batch_size": 2, "crop_size": 32, "lr": 0.01,
-                  "workers": 0, "checkpoint_every": 2, "log_every": 1, **train},
+                  "workers": 0, "checkpoint_every": 2, "log_every": 1, "threads": 1,
+                  **train},
         "output": str(tmp_path / "out" / "model.safetensors"),
     })
 
@@ -179,7 +180,7 @@ def test_fine_tune_chips_from_a_checkpoint_via_the_cli(tmp_path, tiny_checkpoint
         "       chip_size: 32, block_size: 32, val_fraction: 0.25}\n"
         f"model: {{init: {tiny_checkpoint}}}\n"
         "train: {steps: 2, batch_size: 2, crop_size: 32, optimizer: adamw, lr: 0.001,\n"
-        "        freeze_bn: true, workers: 1}\n"
+        "        freeze_bn: true, workers: 1, threads: 1}\n"
         "output: out/m.safetensors\n")
     result = invoke("train", yaml_path, "--progress", "none")
     assert result.exit_code == 0, result.output
@@ -227,7 +228,8 @@ def test_train_cli_resume_flag(tmp_path):
     config.write_text(json.dumps({
         "data": {"kind": "voc", "root": str(voc), "train_split": "train"},
         "model": {"architecture": "deeplabv3_lite_mobilenet_v3_small"},
-        "train": {"steps": 2, "batch_size": 2, "crop_size": 32, "checkpoint_every": 1},
+        "train": {"steps": 2, "batch_size": 2, "crop_size": 32, "checkpoint_every": 1,
+                  "threads": 1},
         "output": "m.safetensors"}))
     assert invoke("train", config, "--quiet").exit_code == 0
     config_data = load_train_config(config)
