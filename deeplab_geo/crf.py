@@ -47,6 +47,7 @@ from deeplab_geo.errors import ConfigError
 _EPS = 1e-8
 _START_TIMEOUT_S = 120
 _SHARED_DIR = Path("/dev/shm")
+_POOL_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,8 @@ def start_pool(processes: int) -> ProcessPoolExecutor:
     imports pydensecrf when it starts, and this returns once all of them have, so the first
     tiles do not wait for a worker's start-up.
     """
-    return _process_pool(processes)
+    with _POOL_LOCK:  # dask threads may ask at the same time: start one pool, not several
+        return _process_pool(processes)
 
 
 @functools.cache

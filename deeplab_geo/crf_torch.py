@@ -13,11 +13,15 @@ approximation of the Gaussian kernels, and their labels agree up to floating-poi
 order (``benchmarks/crf.py`` reports the agreement). Unlike a truncated-window ConvCRF, nothing
 is cut off: θα = 67 px reaches as far as in pydensecrf.
 
-The lattice becomes three kinds of sparse operators built once per tile: the splat (pixels to
-lattice vertices, a CSR matrix), ``d + 1`` blur passes (gathers of each vertex's two
-neighbours along one axis) and the slice (the splat's transpose). A mean-field iteration is then
-a few sparse-dense products, which run on any torch device. The Gaussian kernel's lattice only
-depends on the tile's shape and θγ, so it is built once per shape and reused.
+Each lattice becomes sparse (CSR) matrices, built once per tile: the splat (pixels to
+lattice vertices, with barycentric weights), one blur matrix per axis (each vertex plus half of
+its two neighbours) and the slice (the splat's transpose, scaled); the normalisation and the
+kernel weight are folded into the splat and the slice. A mean-field iteration is then a few
+sparse-dense products and a softmax, on any torch device. Building the lattice needs the
+distinct vertex keys: they are packed into one int64 each (wider keys fall back to
+``torch.unique`` over rows) and grouped with one sort; on the CPU the sorts go through NumPy's
+SIMD sort. The Gaussian kernel's lattice only depends on the tile's shape and θγ, so it is
+built once per shape and reused.
 
 Pixels outside ``valid`` are left out of the lattice altogether: they neither send nor receive
 messages, so nodata cannot leak into its neighbours, and they keep the network's probabilities.
@@ -181,7 +185,7 @@ def _lattice(features: np.ndarray, device: torch.device) -> PermutohedralLattice
     return PermutohedralLattice(torch.from_numpy(features).to(device))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
 def _grid_lattice(height: int, width: int, theta: float, device: str) -> PermutohedralLattice:
     """The Gaussian kernel's lattice for a whole tile of this shape (it ignores the image)."""
     from deeplab_geo.crf import position_features
