@@ -20,11 +20,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deeplab_geo.errors import DatasetError
 from deeplab_geo.metrics import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from deeplab_geo.config import DataSettings
 
 Sample = tuple[np.ndarray, np.ndarray]
 
@@ -57,7 +61,7 @@ class SegmentationDataset(ABC):
             yield self[index]
 
 
-def build(settings, split: str) -> SegmentationDataset:
+def build(settings: DataSettings, split: str) -> SegmentationDataset:
     """The dataset ``settings`` (one of the ``data`` kinds of a training config) describe.
 
     Args:

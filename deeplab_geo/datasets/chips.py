@@ -21,6 +21,7 @@ data type. Training draws random scaled crops from these chips (see :mod:`deepla
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -31,6 +32,9 @@ from deeplab_geo.datasets import Sample, SegmentationDataset, check_sample
 from deeplab_geo.datasets.labels import Grid, open_labels
 from deeplab_geo.errors import DatasetError, InputError
 from deeplab_geo.metrics import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from deeplab_geo.config import ChipsDataSettings
 
 
 def axis_starts(length: int, size: int, stride: int) -> list[int]:
@@ -77,7 +81,7 @@ def chip_windows(block: Window, chip_size: int, stride: int) -> list[Window]:
 class RasterChips(SegmentationDataset):
     """The training or validation chips of a raster (``settings``: ``ChipsDataSettings``)."""
 
-    def __init__(self, settings, split: str) -> None:
+    def __init__(self, settings: ChipsDataSettings, split: str) -> None:
         self.raster = Path(settings.raster)
         with io.open_raster(self.raster) as ds:
             if ds.crs is None or ds.transform == rasterio.Affine.identity():
