@@ -12,6 +12,7 @@ from scipy import ndimage
 from deeplab_geo.config import VectorizeSettings
 from deeplab_geo.errors import InputError
 from deeplab_geo.vectorize import label_regions, polygonize, vectorize
+from deeplab_geo.vectorize.regions import strip_bounds
 from tests.conftest import write_raster
 
 CUSTOM_CRS = ("+proj=tmerc +lat_0=0 +lon_0=15.5 +k=0.9996 +x_0=500000 +y_0=0 "
@@ -194,6 +195,36 @@ def test_geographic_crs_gives_geodesic_areas(tmp_path):
                                             [top, top, bottom, bottom])[0])
     assert frame["area_m2"].sum() == pytest.approx(whole, rel=1e-6)
     assert frame["area_m2"].min() > 1e5  # square metres, not square degrees
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_run_labelling_matches_scipy_on_random_arrays(connectivity):
+    rng = np.random.default_rng(connectivity)
+    for _ in range(60):
+        shape = tuple(rng.integers(1, 14, 2))
+        k = int(rng.integers(1, 4))
+        classes = rng.integers(0, k, shape).astype(np.uint8)
+        valid = rng.random(shape) < 0.85
+        regions = label_regions(classes, valid, connectivity)
+        expected = sum(count_regions((classes == c) & valid, connectivity) for c in range(k))
+        assert regions.count == expected
+        assert ((regions.labels > 0) == valid).all()
+        for label in range(1, regions.count + 1):
+            mask = regions.labels == label
+            assert count_regions(mask, connectivity) == 1
+            assert (classes[mask] == regions.label_class[label]).all()
+        values = rng.random(shape)
+        sums = np.bincount(regions.labels.ravel(), weights=values.ravel())
+        assert regions.sum_of(values)[1:] == pytest.approx(sums[1:])
+        assert (regions.pixel_count()[1:] == np.bincount(regions.labels.ravel())[1:]).all()
+
+
+def test_strips_cover_every_row_once():
+    assert strip_bounds(10, 100, block_rows=4, strip_rows=4) == [(0, 4), (4, 8), (8, 10)]
+    assert strip_bounds(3, 5, block_rows=1, strip_rows=7) == [(0, 3)]
+    # default: whole blocks holding about STRIP_PIXELS pixels, at least one block
+    assert strip_bounds(8192, 8192, block_rows=512)[0] == (0, 512)
+    assert strip_bounds(100, 1 << 24, block_rows=16)[0] == (0, 16)
 
 
 def test_label_regions_8_vs_4_connectivity():

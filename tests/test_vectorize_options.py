@@ -170,8 +170,10 @@ def test_geojson_refuses_a_crs_without_epsg_code(tmp_path):
     assert not (tmp_path / "p.geojson").exists()
 
 
-def test_unknown_extension_and_layout_mismatch_are_refused(tmp_path):
+def test_unknown_extension_missing_folder_and_layout_mismatch_are_refused(tmp_path):
     cls, _ = class_rasters(tmp_path, noisy())
+    with pytest.raises(OutputError, match="missing: not a writable folder"):
+        vectorize(cls, tmp_path / "missing" / "p.gpkg", class_names=NAMES)
     with pytest.raises(OutputError, match="unsupported polygon format '.shp'"):
         vectorize(cls, tmp_path / "p.shp", class_names=NAMES)
     with pytest.raises(OutputError, match="one layer per class needs a GeoPackage"):

@@ -34,6 +34,7 @@ Options (:class:`~deeplab_geo.config.VectorizeSettings`):
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -48,7 +49,7 @@ from affine import Affine
 from pyproj import CRS
 
 from deeplab_geo.config import VectorizeSettings
-from deeplab_geo.errors import ConfigError, InputError
+from deeplab_geo.errors import ConfigError, InputError, OutputError
 from deeplab_geo.vectorize.geometry import (
     area_perimeter_m,
     as_multipolygons,
@@ -112,11 +113,15 @@ def vectorize(classes: str | Path, out: str | Path, *, class_names: list[str],
         ConfigError: ``skip_classes`` names an unknown class.
         InputError: the raster has no CRS, is not of an integer type, or holds a class id
             without a name.
-        OutputError: unsupported extension or layout, or the file cannot be written.
+        OutputError: unsupported extension or layout, the folder is missing, or the file cannot
+            be written.
     """
     settings = settings or VectorizeSettings()
     out = Path(out)
     driver_for(out)
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise OutputError(f"{out.parent}: not a writable folder; create it or choose another "
+                          "output path")
     with _feature_stream(Path(classes), confidence, class_names, settings, source, strip_rows,
                          workdir=out.parent) as stream:
         layer = _split_by_class if settings.layout == "per_class" else LAYER

@@ -10,7 +10,7 @@ whatever the pixel size or rotation.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import chain
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
@@ -19,34 +19,40 @@ from affine import Affine
 from pyproj import CRS, Geod
 
 
-def polygons_from_shapes(shapes: Iterable[tuple[dict[str, Any], float]]
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def polygons_from_shapes(shapes: Iterable[tuple[dict[str, Any], float]], *,
+                         chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
     """Shapely polygons from the GeoJSON-like output of ``rasterio.features.shapes``.
 
-    Builds every ring and polygon in one vectorized call each instead of one ``shape()`` per
-    feature, which is the slow part of converting GDAL's polygons on noisy rasters.
+    Builds rings and polygons with one vectorized call per ``chunk`` features instead of one
+    ``shape()`` per feature (the slow part of converting GDAL's polygons on noisy rasters), and
+    never holds more than ``chunk`` features as Python objects.
 
     Returns:
         ``(polygons, values)``: an object array of polygons and the float array of their pixel
         values, in the order GDAL emitted them.
     """
+    polygons, values = [np.empty(0, dtype=object)], [np.empty(0)]
+    shapes = iter(shapes)
+    while batch := list(islice(shapes, chunk)):
+        polygons.append(_polygons(batch))
+        values.append(np.fromiter((value for _, value in batch), dtype=np.float64,
+                                  count=len(batch)))
+    return np.concatenate(polygons), np.concatenate(values)
+
+
+def _polygons(features: list[tuple[dict[str, Any], float]]) -> np.ndarray:
     rings: list[list[tuple[float, float]]] = []
-    rings_per_polygon: list[int] = []
-    values: list[float] = []
-    for geom, value in shapes:
+    rings_per_polygon = np.empty(len(features), dtype=np.int64)
+    for i, (geom, _) in enumerate(features):
         coordinates = geom["coordinates"]
         rings.extend(coordinates)
-        rings_per_polygon.append(len(coordinates))
-        values.append(value)
-    if not rings:
-        return np.empty(0, dtype=object), np.empty(0)
+        rings_per_polygon[i] = len(coordinates)
     ring_sizes = np.fromiter(map(len, rings), dtype=np.int64, count=len(rings))
     xy = np.fromiter(chain.from_iterable(chain.from_iterable(rings)), dtype=np.float64,
                      count=2 * int(ring_sizes.sum())).reshape(-1, 2)
     ring_geoms = shapely.linearrings(xy, indices=np.repeat(np.arange(len(rings)), ring_sizes))
-    polygons = shapely.polygons(ring_geoms, indices=np.repeat(np.arange(len(values)),
-                                                             rings_per_polygon))
-    return polygons, np.asarray(values)
+    return shapely.polygons(ring_geoms, indices=np.repeat(np.arange(len(features)),
+                                                         rings_per_polygon))
 
 
 def pixel_squares(rows: np.ndarray, cols: np.ndarray, transform: Affine) -> np.ndarray:

@@ -118,7 +118,8 @@ def write_features(batches: Iterable[FeatureBatch], path: Path, *, schema: pa.Sc
         if failure:  # the features failed, not the writer: raise that error as it was
             raise failure[0] from None
         if isinstance(exc, _WRITE_ERRORS):
-            raise OutputError(f"{path}: cannot write polygons ({exc}); check the folder is "
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise OutputError(f"{path}: cannot write polygons ({reason}); check the folder is "
                               "writable and has space") from None
         raise
 
