@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import mmap
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import threading
 import uuid
@@ -265,7 +266,7 @@ def _process_pool(processes: int) -> ProcessPoolExecutor:
     return pool
 
 
-def _start_worker(ready: threading.Barrier) -> None:
+def _start_worker(ready: multiprocessing.synchronize.Barrier) -> None:
     import pydensecrf.densecrf  # noqa: F401  (the import is the work)
 
     ready.wait(timeout=_START_TIMEOUT_S)
