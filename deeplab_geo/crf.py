@@ -229,15 +229,20 @@ def refine_many(items: list[tuple[np.ndarray, ...]], settings: CRFSettings,
     if settings.refiner == "torch" or processes <= 1 or len(items) <= 1:
         return [_refine_item(item, settings) for item in items]
     pool = start_pool(processes)
-    shared = _SharedTiles.create(items)
+    shared = _SharedTiles.reserve(items)
     if shared is None:
         return list(pool.map(_refine_item, items, repeat(settings)))
     try:
-        futures = [pool.submit(_refine_shared, str(shared.path), layout, settings)
-                   for layout in shared.layouts]
-        for future in futures:
+        futures = []
+        for index, item in enumerate(items):  # each tile starts as soon as it is copied in
+            shared.write(index, item)
+            futures.append(pool.submit(_refine_shared, str(shared.path), shared.layouts[index],
+                                       settings))
+        results = []
+        for index, future in enumerate(futures):  # copied out while later tiles still run
             future.result()
-        return shared.outputs()
+            results.append(shared.output(index))
+        return results
     finally:
         shared.release()
 
@@ -307,8 +312,8 @@ class _SharedTiles:
         self.path, self.buffer, self.layouts = path, buffer, layouts
 
     @classmethod
-    def create(cls, items: list[tuple[np.ndarray, ...]]) -> _SharedTiles | None:
-        """Reserve the file and copy the inputs in; None where that is not possible."""
+    def reserve(cls, items: list[tuple[np.ndarray, ...]]) -> _SharedTiles | None:
+        """Reserve room for the inputs and outputs of ``items``; None where that fails."""
         size = 0
 
         def place(shape: tuple[int, ...], dtype: type) -> _Placement:
@@ -322,22 +327,20 @@ class _SharedTiles:
                                place(probs.shape, np.float32))
                    for probs, image, *valid in items]
         mapped = _reserve(size)
-        if mapped is None:
-            return None
-        shared = cls(*mapped, layouts)
-        try:
-            for (probs, image, *valid), layout in zip(items, layouts):
-                _view(shared.buffer, layout.probs)[...] = probs
-                _view(shared.buffer, layout.image)[...] = image
-                if valid:
-                    _view(shared.buffer, layout.valid)[...] = valid[0]
-        except BaseException:
-            shared.release()
-            raise
-        return shared
+        return None if mapped is None else cls(*mapped, layouts)
 
-    def outputs(self) -> list[np.ndarray]:
-        return [_view(self.buffer, layout.output).copy() for layout in self.layouts]
+    def write(self, index: int, item: tuple[np.ndarray, ...]) -> None:
+        """Copy tile ``index``'s inputs in."""
+        probs, image, *valid = item
+        layout = self.layouts[index]
+        _view(self.buffer, layout.probs)[...] = probs
+        _view(self.buffer, layout.image)[...] = image
+        if valid:
+            _view(self.buffer, layout.valid)[...] = valid[0]
+
+    def output(self, index: int) -> np.ndarray:
+        """A copy of tile ``index``'s refined marginals."""
+        return _view(self.buffer, self.layouts[index].output).copy()
 
     def release(self) -> None:
         self.buffer.close()
