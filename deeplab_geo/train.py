@@ -47,7 +47,6 @@ from deeplab_geo.models.checkpoint import (
     resolve,
     save_checkpoint,
 )
-from deeplab_geo.models.pooling import has_global_pooling, set_pooling_window
 
 DEFAULT_ARCHITECTURE = "deeplabv3_lite_mobilenet_v3_small"
 IMAGENET_NORMALIZATION = {"scale": 255.0, "mean": [0.485, 0.456, 0.406],
@@ -339,12 +338,6 @@ def _train(config: TrainConfig, log: Callable[[str], None],
     else:
         info = model_info(config, train_set, init_info, bool(init_state) and init_info is None)
     model = info.build()
-    if "pooling_window" not in info.options and has_global_pooling(model):
-        # the model then pools over a training crop wherever it runs: tiles of any size
-        # predict like the whole raster (deeplab_geo.models.pooling)
-        set_pooling_window(model, opt.crop_size)
-        info = ModelInfo(**{**asdict(info),
-                            "options": {**info.options, "pooling_window": opt.crop_size}})
     if init_state:
         loaded, fresh = apply_init(model, init_state)
         log(f"initialised {loaded} tensors from {config.model.init}; {len(fresh)} left fresh")

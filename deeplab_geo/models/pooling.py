@@ -61,11 +61,6 @@ def _global_pools(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return found
 
 
-def has_global_pooling(model: nn.Module) -> bool:
-    """Whether ``model`` averages features over its whole input anywhere (or a window now)."""
-    return bool(_global_pools(model))
-
-
 def set_pooling_window(model: nn.Module, pixels: int | None) -> int:
     """Average every global pool of ``model`` over a box of about ``pixels`` input pixels.
 
