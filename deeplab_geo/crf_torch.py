@@ -106,35 +106,45 @@ def refine(probs: np.ndarray, image: np.ndarray, settings: CRFSettings,
         valid: bool ``(H, W)``; pixels outside it take no part in the CRF. ``None``: all valid.
 
     Returns:
-        float32 ``(C, H, W)`` refined marginals, summing to 1 over classes.
+        float32 ``(C, H, W)`` refined marginals, summing to 1 over classes; pixels outside
+        ``valid`` hold the (clipped, normalised) network probabilities.
+
+    Raises:
+        ConfigError: ``settings.device`` names a CUDA device that is not there.
     """
     from deeplab_geo.crf import kernel_features
 
     device = torch_device(settings.device)
     n_classes, height, width = probs.shape
+    inside = None if valid is None or valid.all() else np.flatnonzero(valid)
     gaussian, bilateral = kernel_features(image, settings, valid)
     with torch.inference_mode():
         unary = -torch.log(torch.from_numpy(np.ascontiguousarray(probs, np.float32))
                            .to(device).reshape(n_classes, -1).clamp(_EPS, 1.0))
-        marginals = torch.softmax(-unary, 0)
-        inside = None
-        if valid is not None and not valid.all():
-            inside = torch.from_numpy(np.flatnonzero(valid)).to(device)
-            unary = unary[:, inside]
-        if unary.shape[1] > 0:
-            messages = []
-            if settings.w2 > 0:
-                lattice = (_grid_lattice(height, width, settings.theta_gamma, str(device))
-                           if inside is None else _lattice(gaussian, device))
-                messages.append(_message(lattice, settings.w2))
-            if settings.w1 > 0:
-                messages.append(_message(_lattice(bilateral, device), settings.w1))
-            refined = _mean_field(unary.T.contiguous(), messages, settings.iterations).T
-            if inside is None:
-                marginals = refined
-            else:
-                marginals[:, inside] = refined
+        if inside is None:
+            if settings.w2 > 0:  # the whole tile's Gaussian lattice depends on its shape only
+                gaussian = _grid_lattice(height, width, settings.theta_gamma, str(device))
+            marginals = _refined(unary, gaussian, bilateral, settings)
+        else:
+            marginals = torch.softmax(-unary, 0)
+            if inside.size:
+                index = torch.from_numpy(inside).to(device)
+                marginals[:, index] = _refined(unary[:, index], gaussian, bilateral, settings)
         return marginals.reshape(n_classes, height, width).cpu().numpy()
+
+
+def _refined(unary: torch.Tensor, gaussian: PermutohedralLattice | np.ndarray,
+             bilateral: np.ndarray, settings: CRFSettings) -> torch.Tensor:
+    """Marginals ``(C, n)`` of the pixels whose ``(C, n)`` unary and kernel features are given
+    (the Gaussian kernel's as features or as a ready lattice)."""
+    messages = []
+    if settings.w2 > 0:
+        if not isinstance(gaussian, PermutohedralLattice):
+            gaussian = _lattice(gaussian, unary.device)
+        messages.append(_message(gaussian, settings.w2))
+    if settings.w1 > 0:
+        messages.append(_message(_lattice(bilateral, unary.device), settings.w1))
+    return _mean_field(unary.T.contiguous(), messages, settings.iterations).T
 
 
 def torch_device(name: str) -> torch.device:
