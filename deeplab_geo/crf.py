@@ -27,11 +27,14 @@ neighbours; they keep the network's probabilities (the pipeline writes them as n
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import mmap
 import multiprocessing
 import multiprocessing.synchronize
 import os
+import signal
+import sys
 import threading
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -260,6 +263,7 @@ def start_pool(processes: int) -> ProcessPoolExecutor:
 
 @functools.cache
 def _process_pool(processes: int) -> ProcessPoolExecutor:
+    remove_stale_shared_files()
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(processes)
     pool = ProcessPoolExecutor(max_workers=processes, mp_context=context,
@@ -271,7 +275,35 @@ def _process_pool(processes: int) -> ProcessPoolExecutor:
     return pool
 
 
+def remove_stale_shared_files() -> int:
+    """Delete shared-memory files left by runs that were killed (their process is gone).
+
+    Returns the number of files removed.
+    """
+    removed = 0
+    for path in _SHARED_DIR.glob("deeplab-geo-crf-*-*") if _SHARED_DIR.is_dir() else []:
+        try:
+            pid = int(path.name.split("-")[3])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            removed += 1
+        except (ValueError, IndexError, PermissionError):
+            continue
+    return removed
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to end this worker when the process that started it dies (e.g. ``kill -9``)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def _start_worker(ready: multiprocessing.synchronize.Barrier) -> None:
+    _die_with_parent()
     import pydensecrf.densecrf  # noqa: F401  (the import is the work)
 
     ready.wait(timeout=_START_TIMEOUT_S)

@@ -297,3 +297,20 @@ def test_pipeline_keeps_nodata_out_of_the_crf(tmp_path, brightest_band, refiner)
     assert (green[:, 40:] == 255).all()
     unmasked = classes(masked_raster(tmp_path / "u.tif", 1, with_mask=False), "u")
     assert (unmasked[:, :40] == 1).any()  # unmasked, the bright columns pull their neighbours
+
+
+def test_shared_files_of_dead_runs_are_removed(tmp_path, monkeypatch):
+    import os
+    import subprocess
+
+    from deeplab_geo import crf
+
+    monkeypatch.setattr(crf, "_SHARED_DIR", tmp_path)
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    stale = tmp_path / f"deeplab-geo-crf-{finished.pid}-abc"
+    alive = tmp_path / f"deeplab-geo-crf-{os.getpid()}-def"
+    for path in (stale, alive):
+        path.write_bytes(b"x")
+    assert crf.remove_stale_shared_files() == 1
+    assert not stale.exists() and alive.exists()
