@@ -12,6 +12,7 @@ from scipy import ndimage
 from deeplab_geo.config import VectorizeSettings
 from deeplab_geo.errors import InputError
 from deeplab_geo.vectorize import label_regions, polygonize, vectorize
+from deeplab_geo.vectorize.geometry import join_pieces
 from deeplab_geo.vectorize.regions import strip_bounds
 from tests.conftest import write_raster
 
@@ -217,6 +218,22 @@ def test_run_labelling_matches_scipy_on_random_arrays(connectivity):
         sums = np.bincount(regions.labels.ravel(), weights=values.ravel())
         assert regions.sum_of(values)[1:] == pytest.approx(sums[1:])
         assert (regions.pixel_count()[1:] == np.bincount(regions.labels.ravel())[1:]).all()
+
+
+def test_join_pieces_keeps_holes_and_pieces_inside_them():
+    # A: a 6 x 5 block with a hole (a 3 x 3 square less its upper-left pixel, which is A's);
+    # P: the hole's centre pixel, touching A only at that pixel's corner (8-connected);
+    # B: the rows below, sharing A's lower edge, with a hole of its own
+    hole = [(2, 1), (4, 1), (4, 4), (1, 4), (1, 2), (2, 2), (2, 1)]
+    a = shapely.Polygon([(0, 0), (6, 0), (6, 5), (0, 5)], [hole])
+    p = shapely.box(2, 2, 3, 3)
+    b = shapely.Polygon([(1, 5), (5, 5), (5, 8), (1, 8)], [[(2, 6), (3, 6), (3, 7), (2, 7)]])
+    pieces = np.array([shapely.MultiPolygon([a, p]), shapely.MultiPolygon([b])], dtype=object)
+    joined = join_pieces(pieces)
+    assert joined.is_valid
+    assert joined.equals(shapely.union_all(pieces))
+    assert joined.area == a.area + p.area + b.area
+    assert sorted(len(g.interiors) for g in joined.geoms) == [0, 2]
 
 
 def test_strips_cover_every_row_once():

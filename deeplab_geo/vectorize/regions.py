@@ -44,6 +44,7 @@ from scipy.sparse.csgraph import connected_components
 from deeplab_geo.errors import InputError
 from deeplab_geo.vectorize.geometry import (
     as_multipolygons,
+    join_pieces,
     pixel_squares,
     polygons_from_shapes,
     to_map,
@@ -314,13 +315,13 @@ def _components(keys: np.ndarray, labels: np.ndarray
 
 
 def _finish(groups: list[_Group], with_confidence: bool, transform: Affine) -> RegionBatch:
-    """Batch of finished groups; pieces from several strips are unioned in pixel coordinates."""
+    """Batch of finished groups; pieces from several strips are joined in pixel coordinates."""
     geometry = np.array([g.parts[0] for g in groups], dtype=object)
     joined = [i for i, g in enumerate(groups) if len(g.parts) > 1]
     if joined:
         pieces = to_pixel(np.concatenate([groups[i].parts for i in joined]), transform)
         bounds = np.cumsum([len(groups[i].parts) for i in joined])[:-1]
-        unions = np.array([shapely.union_all(p) for p in np.split(pieces, bounds)], dtype=object)
+        unions = np.array([join_pieces(p) for p in np.split(pieces, bounds)], dtype=object)
         geometry[joined] = as_multipolygons(to_map(unions, transform))
     return RegionBatch(
         geometry,
