@@ -155,7 +155,7 @@ class ExecutionSettings(_Section):
 
     workers: int = Field(2, ge=1, le=256)
     crf_processes: int = Field(2, ge=1, le=256)
-    gdal_cache_mb: int = Field(256, ge=16, le=65536)
+    gdal_cache_mb: int = Field(128, ge=16, le=65536)
 
 
 class ClusterSettings(_Section):
