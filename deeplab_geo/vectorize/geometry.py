@@ -135,7 +135,10 @@ def join_pieces(pieces: np.ndarray) -> shapely.Geometry:
     is_shell = np.ones(len(rings), bool)
     is_shell[1:] = ring_owner[1:] != ring_owner[:-1]  # each polygon lists its shell first
     shells = shapely.polygons(rings[is_shell])
-    inner, outer = shapely.STRtree(shells).query(shells, predicate="within")
+    # Interiors are disjoint, so a piece lies in another's hole exactly when a point of its
+    # interior lies within the other's shell: a point test, not a polygon-in-polygon one.
+    inner, outer = shapely.STRtree(shells).query(shapely.point_on_surface(shells),
+                                                 predicate="within")
     nested = np.zeros(len(parts), bool)
     nested[inner[inner != outer]] = True
     kept = shells[~nested]
