@@ -73,4 +73,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check deeplab_geo tests benchmarks plugins/qgis
 
 clean:
-	rm -rf output data/sample
+	rm -rf output data/sample data/chips dist
