@@ -46,8 +46,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import deeplab_geo
 from deeplab_geo.config import PipelineConfig
 from deeplab_geo.errors import DeepLabGeoError, InputError, OutputError
+from deeplab_geo.models.checkpoint import metadata_path, resolve
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +148,13 @@ def plan(inputs: list[Path], output_dir: Path, *, batch: bool) -> list[BatchItem
 
 
 def config_hash(config: PipelineConfig) -> str:
-    """A hash of everything that decides a run's outputs (model file included), not its paths."""
+    """A hash of everything that decides a run's outputs, not its paths: the settings, the
+    package version, and the checkpoint's weights and metadata files (size and modification
+    time; built-in checkpoints included, so a changed model is never mistaken for the old)."""
     settings = json.loads(config.model_dump_json(exclude=set(_NOT_HASHED)))
-    checkpoint = config.model.checkpoint
-    if not checkpoint.startswith("builtin:"):
-        path = Path(checkpoint)
-        settings["checkpoint_file"] = _file_stamp(path) if path.exists() else None
-    import deeplab_geo
-
+    weights = resolve(config.model.checkpoint)
+    settings["checkpoint_files"] = [_file_stamp(path) if path.exists() else None
+                                    for path in (weights, metadata_path(weights))]
     settings["version"] = deeplab_geo.__version__
     text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -273,3 +273,18 @@ def test_parallel_inputs_give_the_same_outputs(tiny_pipeline, three_rasters):
     for key, value in outputs[1].items():
         other = outputs[2][key]
         assert np.array_equal(other, value) if isinstance(value, np.ndarray) else other == value
+
+
+def test_a_changed_checkpoint_reruns_a_finished_input(tiny_pipeline, tiny_checkpoint, tmp_path):
+    import shutil
+
+    own = tmp_path / "own"
+    own.mkdir()
+    weights = Path(shutil.copy(tiny_checkpoint, own / "m.safetensors"))
+    shutil.copy(tiny_checkpoint.with_suffix(".json"), own / "m.json")
+    args = ("run", tiny_pipeline, "--quiet", "--set", f"model.checkpoint={weights}")
+    assert "Segmented" in invoke(*args).stdout
+    assert "Skipped" in invoke(*args).stdout
+    later = time.time_ns() + 10**9
+    os.utime(own / "m.json", ns=(later, later))  # e.g. new options in the metadata
+    assert "Segmented" in invoke(*args).stdout
