@@ -468,7 +468,9 @@ class OptimSettings(_Section):
     the learning rate of the head (``classifier``), 10 in the released DeepLab recipe.
     Checkpoints are written every ``checkpoint_every`` steps to ``checkpoint_dir`` (default:
     ``<output stem>.checkpoints`` beside ``output``), the newest ``keep_checkpoints`` kept;
-    ``resume`` continues from the newest one.
+    ``resume`` continues from the newest one. ``trim_taps`` zeroes, after training, the
+    convolution taps further than half a crop from their kernel's centre (large-rate ASPP taps
+    that mostly saw padding; see :mod:`deeplab_geo.models.reach`).
     """
 
     steps: int = Field(20000, ge=1)
@@ -494,6 +496,7 @@ class OptimSettings(_Section):
     checkpoint_dir: Path | None = None
     keep_checkpoints: int = Field(3, ge=1)
     resume: bool = False
+    trim_taps: bool = False
 
     @model_validator(mode="after")
     def _scales(self) -> OptimSettings:

@@ -47,6 +47,7 @@ from deeplab_geo.models.checkpoint import (
     resolve,
     save_checkpoint,
 )
+from deeplab_geo.models.reach import trim_unreached_taps
 
 DEFAULT_ARCHITECTURE = "deeplabv3_lite_mobilenet_v3_small"
 IMAGENET_NORMALIZATION = {"scale": 255.0, "mean": [0.485, 0.456, 0.406],
@@ -404,13 +405,18 @@ def _train(config: TrainConfig, log: Callable[[str], None],
         if bar is not None:
             bar.close()
     train_seconds = time.perf_counter() - started
+    trimmed = trim_unreached_taps(model, opt.crop_size) if opt.trim_taps else {}
+    if trimmed:
+        log(f"zeroed taps beyond {opt.crop_size / 2:g} px in {len(trimmed)} convolutions "
+            f"({', '.join(trimmed)})")
     val_miou = validate(model, info, config, device, log)
     seconds = time.perf_counter() - started
     record = {"config": config.model_dump(mode="json"), "seconds": round(seconds, 1),
               "train_seconds": round(train_seconds, 1), "val_miou": val_miou,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "device": str(device), "amp": str(amp_dtype).removeprefix("torch.")
-              if amp_dtype else None, "resumed_at_step": start or None}
+              if amp_dtype else None, "resumed_at_step": start or None,
+              "trimmed_taps": trimmed or None}
     info = ModelInfo(**{**asdict(info), "training": record})
     path = save_checkpoint(model, info, config.output)
     log(f"wrote {path}")

@@ -145,6 +145,25 @@ class SmallCNNPlugin:
         return [self.backend]
 
 
+def test_demo_model_tiled_run_agrees_with_one_whole_image_prediction(tmp_path):
+    """The demo model (windowed pooling, trimmed taps) with the demo pipeline's tiles."""
+    from deeplab_geo.plugins import choose_backend
+    from deeplab_geo.sample import synthesize_scene
+
+    image, _ = synthesize_scene(0, 1536)
+    raster = write_raster(tmp_path / "scene.tif", image)
+    backend = choose_backend("auto", "cpu")
+    whole = get_backend(backend).load("builtin:landcover-demo", device="cpu").predict(
+        image[None].astype(np.float32))[0].argmax(0)
+    result = run(config(tmp_path, raster, model={"backend": backend, "device": "cpu"},
+                        tiling={"tile_size": 1024, "overlap": 128}))
+    assert result.report["raster"]["tiles"] == 4
+    with rasterio.open(result.outputs["classes"]) as cls:
+        classes = cls.read(1)
+    assert len(np.unique(whole)) >= 5
+    assert (classes == whole).mean() >= 0.999
+
+
 def test_tiled_run_equals_a_whole_image_prediction_when_overlap_covers_the_reach(tmp_path):
     """Seams: with cores at least the model's reach (3 px) from tile borders, tiling is exact."""
     pm = get_plugin_manager()

@@ -245,3 +245,17 @@ def test_mixed_precision_on_cuda(tmp_path):
     result = train(config, log=lambda _: None)
     _, info = load_checkpoint(result.checkpoint)
     assert info.training["amp"] in ("bfloat16", "float16")
+
+
+def test_trim_taps_zeroes_far_taps_after_training_and_records_them(tmp_path):
+    result = train(_voc_config(tmp_path, 1, checkpoint_every=None, trim_taps=True),
+                   log=lambda _: None)
+    model, info = load_checkpoint(result.checkpoint)
+    trimmed = info.training["trimmed_taps"]
+    # 32 px crops: every ASPP rate (96, 192, 288 px at stride 8) lies beyond 16 px
+    assert {"classifier.0.convs.1.0", "classifier.0.convs.2.0", "classifier.0.convs.3.0"} \
+        <= set(trimmed)
+    w = dict(model.named_modules())["classifier.0.convs.3.0"].weight
+    ring = torch.ones(3, 3, dtype=torch.bool)
+    ring[1, 1] = False
+    assert (w[:, :, ring] == 0).all() and (w[:, :, 1, 1] != 0).any()

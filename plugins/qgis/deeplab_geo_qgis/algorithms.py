@@ -123,10 +123,10 @@ class SegmentRasterAlgorithm(_DeepLabGeoAlgorithm):
             fileFilter="Model checkpoints (*.safetensors *.onnx *.pt *.pth);;All files (*.*)"))
         self.addParameter(QgsProcessingParameterNumber(
             self.TILE_SIZE, "Tile size (pixels)", QgsProcessingParameterNumber.Integer,
-            defaultValue=512, minValue=16, maxValue=8192))
+            defaultValue=1024, minValue=16, maxValue=8192))
         self.addParameter(QgsProcessingParameterNumber(
             self.OVERLAP, "Tile overlap (pixels)", QgsProcessingParameterNumber.Integer,
-            defaultValue=64, minValue=0))
+            defaultValue=128, minValue=0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.CRF, "Refine with the dense CRF", defaultValue=True))
         self.addParameter(QgsProcessingParameterNumber(
