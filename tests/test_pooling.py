@@ -34,7 +34,8 @@ def reference_cell_means(x, cell):
     out = torch.empty(*x.shape[:2], rows, cols, dtype=x.dtype)
     for i in range(rows):
         for j in range(cols):
-            out[:, :, i, j] = x[:, :, i * cell:(i + 1) * cell, j * cell:(j + 1) * cell].mean((-2, -1))
+            block = x[:, :, i * cell:(i + 1) * cell, j * cell:(j + 1) * cell]
+            out[:, :, i, j] = block.mean((-2, -1))
     return out
 
 
