@@ -1,6 +1,7 @@
 """Vectorizer against one ``rasterio.features.shapes`` call over the whole array.
 
     python benchmarks/vectorize.py [--size 8192] [--noise 0.1] [--out /tmp/vectorize-bench]
+                                   [--rasters clean noisy] [--methods ...]
 
 Two class rasters of ``size`` x ``size`` pixels (6 classes, tiled 512 px GeoTIFFs like the
 pipeline's, 0.5 m pixels in EPSG:32633) are generated strip by strip: a *clean* one (smooth
@@ -12,11 +13,14 @@ process, so that its peak resident memory (``ru_maxrss``) is its own:
   geometry per feature (what a script usually does);
 * ``shapes -> gpkg``: the same, written with its class id to a GeoPackage by GeoPandas/pyogrio;
 * ``ours -> polygons``: :func:`deeplab_geo.vectorize.regions.iter_regions` (strips, exact joins
-  across strips, valid geometries in map coordinates, no attributes);
+  across strips, valid geometries in map coordinates, no attributes; on 2 cores one helper
+  process labels and traces strips too);
 * ``ours -> gpkg``: :func:`deeplab_geo.vectorize.vectorize`, all attributes, spatial index,
   atomic write.
 
-Printed: a Markdown table of wall time, peak RSS and feature count per raster and method. The
+Printed: a Markdown table of wall time (imports excluded, as they are paid once per process),
+peak RSS (the method's process plus any helper processes it started, summed) and feature count
+per raster and method. The
 feature counts differ where GDAL's single call splits nothing but its 8-connected polygons are
 invalid (self-touching rings); ours are made valid at the same area.
 """
@@ -69,12 +73,18 @@ def write_class_raster(path: Path, size: int, noise: float, seed: int = 0) -> No
 
 
 def run_method(method: str, raster: Path, out: Path) -> dict:
-    """Run one method in this process; return its wall time and feature count."""
+    """Run one method in this process; return its wall time (imports excluded), feature
+    count, and the peak RSS of the helper processes it started."""
+    import multiprocessing
+
+    import geopandas as gpd
+    import shapely.geometry
+
+    from deeplab_geo.vectorize import vectorize
+    from deeplab_geo.vectorize.regions import iter_regions
+
     start = time.perf_counter()
     if method.startswith("shapes"):
-        import geopandas as gpd
-        import shapely.geometry
-
         with rasterio.open(raster) as ds:
             array = ds.read(1)
             shapes = rasterio.features.shapes(array, mask=array != ds.nodata, connectivity=8,
@@ -89,9 +99,6 @@ def run_method(method: str, raster: Path, out: Path) -> dict:
             frame = gpd.GeoDataFrame({"class_id": values}, geometry=geoms, crs=crs)
             frame.to_file(out, layer="landcover", engine="pyogrio")
     else:
-        from deeplab_geo.vectorize import vectorize
-        from deeplab_geo.vectorize.regions import iter_regions
-
         names = [f"class{i}" for i in range(CLASSES)]
         if method.endswith("gpkg"):
             count = vectorize(raster, out, class_names=names).polygons
@@ -100,7 +107,17 @@ def run_method(method: str, raster: Path, out: Path) -> dict:
             with rasterio.open(raster) as ds:
                 for batch in iter_regions(ds):
                     count += len(batch)
-    return {"wall_s": time.perf_counter() - start, "features": count}
+    wall = time.perf_counter() - start
+    helpers_mb = sum(_peak_rss_mb(p.pid) for p in multiprocessing.active_children())
+    return {"wall_s": wall, "features": count, "helpers_mb": helpers_mb}
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def measure(method: str, raster: Path, out: Path) -> dict:
@@ -113,7 +130,7 @@ def measure(method: str, raster: Path, out: Path) -> dict:
     if status != 0:
         raise SystemExit(f"{method} failed on {raster.name}")
     result = json.loads(stdout.strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024 + result.pop("helpers_mb")
     return result
 
 
@@ -123,6 +140,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=Path("/tmp/vectorize-bench"))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--rasters", nargs="+", default=["clean", "noisy"],
+                        choices=["clean", "noisy"])
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "RASTER", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -132,8 +151,7 @@ def main() -> None:
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
-    rasters = {"clean": args.out / f"clean_{args.size}.tif",
-               "noisy": args.out / f"noisy_{args.size}.tif"}
+    rasters = {name: args.out / f"{name}_{args.size}.tif" for name in args.rasters}
     for name, path in rasters.items():
         if not path.exists():
             write_class_raster(path, args.size, args.noise if name == "noisy" else 0.0)

@@ -125,7 +125,8 @@ class VectorizeSettings(_Section):
     longest edge with (``min_area_mode: merge``) or left out (``drop``). ``connectivity`` 8 joins
     pixels that touch at a corner, 4 only those sharing an edge. ``skip_classes`` lists class
     names or ids not to vectorize; ``layout`` writes one layer or one per class (GeoPackage);
-    ``format`` picks the file type and extension.
+    ``format`` picks the file type and extension. ``workers`` threads label and trace strips
+    of the class raster ahead of the joining (1: one strip at a time, the least memory).
     """
 
     enabled: bool = True
@@ -136,6 +137,7 @@ class VectorizeSettings(_Section):
     skip_classes: list[str | int] = Field(default_factory=list)
     layout: Literal["single", "per_class"] = "single"
     format: Literal["gpkg", "fgb", "geojson", "parquet"] = "gpkg"
+    workers: int = Field(2, ge=1, le=64)
 
     @model_validator(mode="after")
     def _check(self) -> VectorizeSettings:

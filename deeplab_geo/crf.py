@@ -27,14 +27,11 @@ neighbours; they keep the network's probabilities (the pipeline writes them as n
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import mmap
 import multiprocessing
 import multiprocessing.synchronize
 import os
-import signal
-import sys
 import threading
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +44,7 @@ import rasterio
 
 from deeplab_geo.config import CRFSettings
 from deeplab_geo.errors import ConfigError
+from deeplab_geo.processes import spawn_pool
 
 _EPS = 1e-8
 _START_TIMEOUT_S = 120
@@ -264,10 +262,8 @@ def start_pool(processes: int) -> ProcessPoolExecutor:
 @functools.cache
 def _process_pool(processes: int) -> ProcessPoolExecutor:
     remove_stale_shared_files()
-    context = multiprocessing.get_context("spawn")
-    ready = context.Barrier(processes)
-    pool = ProcessPoolExecutor(max_workers=processes, mp_context=context,
-                               initializer=_start_worker, initargs=(ready,))
+    ready = multiprocessing.get_context("spawn").Barrier(processes)
+    pool = spawn_pool(processes, _start_worker, (ready,))
     # Each submission starts a worker while none is idle; a worker's first task waits for its
     # initializer, which waits until every worker has started.
     for future in [pool.submit(int) for _ in range(processes)]:
@@ -293,17 +289,7 @@ def remove_stale_shared_files() -> int:
     return removed
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to end this worker when the process that started it dies (e.g. ``kill -9``)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
 def _start_worker(ready: multiprocessing.synchronize.Barrier) -> None:
-    _die_with_parent()
     import pydensecrf.densecrf  # noqa: F401  (the import is the work)
 
     ready.wait(timeout=_START_TIMEOUT_S)

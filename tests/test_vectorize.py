@@ -13,7 +13,7 @@ from deeplab_geo.config import VectorizeSettings
 from deeplab_geo.errors import InputError
 from deeplab_geo.vectorize import label_regions, polygonize, vectorize
 from deeplab_geo.vectorize.geometry import join_pieces
-from deeplab_geo.vectorize.regions import strip_bounds
+from deeplab_geo.vectorize.regions import iter_regions, strip_bounds
 from tests.conftest import write_raster
 
 CUSTOM_CRS = ("+proj=tmerc +lat_0=0 +lon_0=15.5 +k=0.9996 +x_0=500000 +y_0=0 "
@@ -240,7 +240,7 @@ def test_strips_cover_every_row_once():
     assert strip_bounds(10, 100, block_rows=4, strip_rows=4) == [(0, 4), (4, 8), (8, 10)]
     assert strip_bounds(3, 5, block_rows=1, strip_rows=7) == [(0, 3)]
     # default: whole blocks holding about STRIP_PIXELS pixels, at least one block
-    assert strip_bounds(8192, 8192, block_rows=512)[0] == (0, 512)
+    assert strip_bounds(8192, 8192, block_rows=512)[0] == (0, 1024)
     assert strip_bounds(100, 1 << 24, block_rows=16)[0] == (0, 16)
 
 
@@ -261,3 +261,31 @@ def test_bad_rasters_and_class_names_are_refused(tmp_path):
     cls, _ = class_rasters(tmp_path, blobs())
     with pytest.raises(InputError, match="class id 2 has no name"):
         polygonize(cls, None, ["a", "b"])
+
+
+def test_helper_processes_give_the_same_regions_in_the_same_order(tmp_path, monkeypatch):
+    """Large rasters get a helper process; here the threshold is lowered to a small raster."""
+    from deeplab_geo.vectorize import regions as regions_module
+
+    classes = noisy()
+    cls, cf = class_rasters(tmp_path, classes)
+
+    def collect(workers):
+        with rasterio.open(cls) as ds, rasterio.open(cf) as conf:
+            batches = list(iter_regions(ds, confidence=conf, strip_rows=2, workers=workers))
+        return (np.concatenate([b.geometry for b in batches]),
+                np.concatenate([b.class_id for b in batches]),
+                np.concatenate([b.confidence_sum for b in batches]))
+
+    serial = collect(1)
+    monkeypatch.setattr(regions_module, "HELPER_MIN_PIXELS", 1)
+    regions_module._helper_pool(1).submit(int).result()  # started: it takes strips at once
+    from_helper = []
+    received = regions_module._received
+    monkeypatch.setattr(regions_module, "_received",
+                        lambda future, fallback: from_helper.append(1) or received(future,
+                                                                                   fallback))
+    geometry, class_id, confidence = collect(2)
+    assert len(from_helper) >= 3
+    assert shapely.equals(geometry, serial[0]).all()
+    assert (class_id == serial[1]).all() and np.allclose(confidence, serial[2])

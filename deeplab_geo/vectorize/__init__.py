@@ -4,8 +4,9 @@ A region is a connected set of pixels of one class (8-connectivity by default: p
 at a corner belong together; ``connectivity: 4`` for shared edges only). Each region becomes
 exactly one feature, with its holes, however large the raster: the raster is streamed in strips
 and regions that cross strip boundaries are joined before they are written
-(:mod:`deeplab_geo.vectorize.regions`). Memory holds one strip and the regions crossing its
-lower edge, never the whole raster.
+(:mod:`deeplab_geo.vectorize.regions`). Memory holds a few strips (``workers`` threads label
+and trace strips ahead) and the regions crossing the current strip's lower edge, never the whole
+raster.
 
 Attributes of each feature:
 
@@ -200,7 +201,8 @@ def _feature_stream(classes: Path, confidence: str | Path | None, class_names: l
         ds = stack.enter_context(rasterio.open(src))
         conf = stack.enter_context(rasterio.open(confidence)) if confidence is not None else None
         regions = iter_regions(ds, connectivity=settings.connectivity, skip=skip,
-                               confidence=conf, pixel_areas=pixel_areas, strip_rows=strip_rows)
+                               confidence=conf, pixel_areas=pixel_areas, strip_rows=strip_rows,
+                               workers=settings.workers)
         yield _Stream(crs, schema, context.features(regions), rounds)
 
 

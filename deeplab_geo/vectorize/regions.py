@@ -22,15 +22,24 @@ How it works, for a raster of any size:
    connected-components pass over that small graph; a group stays open while one of its pieces
    reaches the new strip's last row, and is emitted, its pieces unioned, as soon as it does not.
 
-Memory therefore holds one strip and the regions that cross its lower edge, never the raster.
+On large rasters, steps 1-2 also run in helper processes, a few strips ahead of steps 3-4, which
+take the strips in order. Memory therefore holds a few strips' regions and the regions that
+cross the current strip's lower edge, never the raster.
 Polygons are in map coordinates; pieces are joined in pixel coordinates (see
 :mod:`deeplab_geo.vectorize.geometry`), where vertices are integers and the union is exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -42,6 +51,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from deeplab_geo.errors import InputError
+from deeplab_geo.processes import spawn_pool
 from deeplab_geo.vectorize.geometry import (
     as_multipolygons,
     join_pieces,
@@ -53,8 +63,8 @@ from deeplab_geo.vectorize.geometry import (
 )
 from deeplab_geo.vectorize.labels import Regions, label_regions
 
-STRIP_PIXELS = 1 << 22
-"""Default pixels per strip (4 Mpx): rounded to whole blocks of the file."""
+STRIP_PIXELS = 1 << 23
+"""Default pixels per strip (8 Mpx): rounded to whole blocks of the file."""
 
 # GDAL >= 3.7 traces 4-connected regions into valid polygons (its two-arm-chains polygonizer;
 # invalid rings come only from 8-connected tracing, OSGeo/gdal#7369). Older GDALs are checked
@@ -125,10 +135,13 @@ class _Group:
 
 @dataclass(frozen=True)
 class _Strip:
-    """One strip's labelled regions and their statistics (index = local label)."""
+    """One strip's regions and their statistics (index = local label), and the labels and
+    classes of its first and last rows (what joining across strip boundaries needs)."""
 
-    labels: np.ndarray
-    classes: np.ndarray
+    first_labels: np.ndarray
+    last_labels: np.ndarray
+    first_classes: np.ndarray
+    last_classes: np.ndarray
     label_class: np.ndarray
     geometry: np.ndarray
     pixel_count: np.ndarray
@@ -148,8 +161,8 @@ class _Strip:
 
 def iter_regions(classes: rasterio.DatasetReader, *, connectivity: int = 8,
                  skip: tuple[int, ...] = (), confidence: rasterio.DatasetReader | None = None,
-                 pixel_areas: np.ndarray | None = None,
-                 strip_rows: int | None = None) -> Iterator[RegionBatch]:
+                 pixel_areas: np.ndarray | None = None, strip_rows: int | None = None,
+                 workers: int = 2) -> Iterator[RegionBatch]:
     """Stream the finished regions of a class raster (band 1).
 
     Every region of the raster is yielded exactly once, whole, however the strips cut it.
@@ -161,6 +174,8 @@ def iter_regions(classes: rasterio.DatasetReader, *, connectivity: int = 8,
         confidence: a raster of the same grid whose band 1 is summed per region.
         pixel_areas: ground area (m²) of a pixel in each row (default: 1 per pixel).
         strip_rows: rows per strip (default: see :func:`strip_bounds`).
+        workers: processes that label and trace strips, this one included (see
+            :data:`HELPER_MIN_PIXELS`; 1: this process alone, the least memory).
 
     Raises:
         InputError: the class raster is not of an integer type.
@@ -175,18 +190,17 @@ def iter_regions(classes: rasterio.DatasetReader, *, connectivity: int = 8,
     open_groups: dict[int, _Group] = {}
     prev_keys = prev_classes = None
     next_key = 1
-    strips = strip_bounds(height, width, classes.block_shapes[0][0], strip_rows)
-    for row0, row1 in strips:
-        strip = _read_strip(classes, confidence, row0, row1, connectivity, skip,
-                            pixel_areas[row0:row1])
+    bounds = strip_bounds(height, width, classes.block_shapes[0][0], strip_rows)
+    strips = _strips(classes, confidence, bounds, connectivity, skip, pixel_areas, workers)
+    for (_, row1), strip in zip(bounds, strips):
         last = row1 == height
         n = len(strip.label_class) - 1
         reaches_bottom = np.zeros(n + 1, bool)
         if not last:
-            reaches_bottom[strip.labels[-1]] = True
+            reaches_bottom[strip.last_labels] = True
             reaches_bottom[0] = False
-        keys, labels = (_boundary_pairs(prev_keys, prev_classes, strip.labels[0],
-                                        strip.classes[0], connectivity)
+        keys, labels = (_boundary_pairs(prev_keys, prev_classes, strip.first_labels,
+                                        strip.first_classes, connectivity)
                         if open_groups else (np.empty(0, np.int64), np.empty(0, np.int64)))
         continued = np.zeros(n + 1, bool)
         continued[labels] = True
@@ -219,13 +233,121 @@ def iter_regions(classes: rasterio.DatasetReader, *, connectivity: int = 8,
         if finished:
             yield _finish(finished, with_confidence, classes.transform)
         open_groups = still_open
-        prev_keys = bottom_key[strip.labels[-1]]
-        prev_classes = strip.classes[-1]
+        prev_keys = bottom_key[strip.last_labels]
+        prev_classes = strip.last_classes
 
 
-def _read_strip(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader | None,
-                row0: int, row1: int, connectivity: int, skip: tuple[int, ...],
-                pixel_areas: np.ndarray) -> _Strip:
+HELPER_MIN_PIXELS = 1 << 24
+"""Rasters from this many pixels (16 Mpx) get helper processes; below, starting one costs more
+than it saves."""
+
+_LOOKAHEAD = 4  # strips computed ahead of the one being joined, at most
+
+
+def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader | None,
+            bounds: list[tuple[int, int]], connectivity: int, skip: tuple[int, ...],
+            pixel_areas: np.ndarray, workers: int) -> Iterator[_Strip]:
+    """The labelled and traced strips, in order.
+
+    GDAL's tracing holds the GIL, so threads cannot share it: with ``workers > 1`` and a large
+    raster, ``workers - 1`` helper processes (started once, kept for the process's life) open
+    the rasters themselves and label and trace strips ahead of this process, which computes
+    strips too while they start and whenever the next one is not ready. At most
+    :data:`_LOOKAHEAD` strips are held ahead of the one being joined.
+    """
+    def here(index: int) -> _Strip:
+        row0, row1 = bounds[index]
+        return _compute_strip(classes, confidence, row0, row1, connectivity, skip,
+                              pixel_areas[row0:row1])
+
+    helpers = workers - 1 if _helpers_apply(classes, confidence, len(bounds), workers) else 0
+    if not helpers:
+        for index in range(len(bounds)):
+            yield here(index)
+        return
+    pool: ProcessPoolExecutor | None = _helper_pool(helpers)
+    started = pool.submit(int)  # done once a helper is up: strips go to it from then on
+    paths = (classes.name, confidence.name if confidence is not None else None)
+    pending: dict[int, Future] = {}
+    ready: dict[int, _Strip] = {}
+    cursor = 0  # strips before it are being computed or done
+    try:
+        for index in range(len(bounds)):
+            while index not in ready:
+                future = pending.get(index)
+                if future is not None and future.done():
+                    ready[index] = _received(future, lambda i=index: here(i))
+                    del pending[index]
+                elif (pool is not None and started.done() and len(pending) <= helpers
+                      and cursor < len(bounds) and cursor - index < _LOOKAHEAD):
+                    if started.exception() is not None:  # no helper could start
+                        _cached_pool.cache_clear()
+                        pool = None
+                        continue
+                    row0, row1 = bounds[cursor]
+                    pending[cursor] = pool.submit(_helper_strip, *paths, row0, row1,
+                                                  connectivity, skip, pixel_areas[row0:row1])
+                    cursor += 1
+                elif future is None:
+                    ready[index] = here(index)
+                    cursor = index + 1
+                elif cursor < len(bounds) and cursor - index < _LOOKAHEAD:
+                    ready[cursor] = here(cursor)
+                    cursor += 1
+                else:
+                    ready[index] = _received(future, lambda i=index: here(i))
+                    del pending[index]
+            yield ready.pop(index)
+    finally:
+        for future in pending.values():
+            future.cancel()
+
+
+def _helpers_apply(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader | None,
+                   strips: int, workers: int) -> bool:
+    """Helper processes pay off for large rasters in files they can open themselves."""
+    files = [ds for ds in (classes, confidence) if ds is not None]
+    return (workers > 1 and strips > 2 and classes.width * classes.height >= HELPER_MIN_PIXELS
+            and all(Path(ds.name).is_file() for ds in files))
+
+
+_POOL_LOCK = threading.Lock()
+
+
+def _helper_pool(processes: int) -> ProcessPoolExecutor:
+    with _POOL_LOCK:
+        return _cached_pool(processes)
+
+
+@functools.cache
+def _cached_pool(processes: int) -> ProcessPoolExecutor:
+    return spawn_pool(processes)
+
+
+def _received(future: Future, fallback: Callable[[], _Strip]) -> _Strip:
+    """A helper's strip, or the strip computed here if the helper process died."""
+    try:
+        strip = future.result()
+    except BrokenProcessPool:
+        _cached_pool.cache_clear()
+        return fallback()
+    return dataclasses.replace(strip, geometry=shapely.from_wkb(strip.geometry))
+
+
+def _helper_strip(classes_path: str, confidence_path: str | None, row0: int, row1: int,
+                  connectivity: int, skip: tuple[int, ...], pixel_areas: np.ndarray) -> _Strip:
+    """In a helper process: one strip, its geometries as WKB (much faster to send)."""
+    with ExitStack() as stack:
+        classes = stack.enter_context(rasterio.open(classes_path))
+        confidence = (stack.enter_context(rasterio.open(confidence_path))
+                      if confidence_path is not None else None)
+        strip = _compute_strip(classes, confidence, row0, row1, connectivity, skip, pixel_areas)
+    return dataclasses.replace(strip, geometry=shapely.to_wkb(strip.geometry))
+
+
+def _compute_strip(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader | None,
+                   row0: int, row1: int, connectivity: int, skip: tuple[int, ...],
+                   pixel_areas: np.ndarray) -> _Strip:
     window = Window(0, row0, classes.width, row1 - row0)
     values = classes.read(1, window=window)
     valid = (values != classes.nodata) if classes.nodata is not None else \
@@ -241,8 +363,9 @@ def _read_strip(classes: rasterio.DatasetReader, confidence: rasterio.DatasetRea
     confidence_sum = (regions.sum_of(confidence.read(1, window=window))
                       if confidence is not None else np.zeros(regions.count + 1))
     geometry = _trace(regions, pixel_count, classes.transform * Affine.translation(0, row0))
-    return _Strip(regions.labels, values, regions.label_class, geometry, pixel_count, area,
-                  confidence_sum)
+    labels = regions.labels
+    return _Strip(labels[0].copy(), labels[-1].copy(), values[0].copy(), values[-1].copy(),
+                  regions.label_class, geometry, pixel_count, area, confidence_sum)
 
 
 def _trace(regions: Regions, pixel_count: np.ndarray, transform: Affine) -> np.ndarray:
