@@ -33,6 +33,7 @@ from deeplab_geo import io, tiling, tta
 from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
 from deeplab_geo.errors import InputError
 from deeplab_geo.plugins import choose_backend, get_backend
+from deeplab_geo.processes import trim_heap
 from deeplab_geo.quicklook import render_quicklook
 from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, ClassMapWriter
 from deeplab_geo.vectorize import SUFFIXES, vectorize
@@ -128,6 +129,7 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
             timings["write_cog"] = time.perf_counter() - t0
         finally:
             writer.close()
+        trim_heap()  # prediction's freed buffers stay resident otherwise
         polygon_count = None
         if config.vectorize.enabled:
             t0 = time.perf_counter()

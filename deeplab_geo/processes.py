@@ -39,3 +39,16 @@ def _start(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -
     die_with_parent()
     if initializer is not None:
         initializer(*initargs)
+
+
+def trim_heap() -> bool:
+    """Give freed heap memory back to the operating system (glibc's ``malloc_trim``).
+
+    Freed memory otherwise stays resident in this process; the pipeline calls this between
+    stages so that the next one (and the helper processes it starts) does not add to the peak
+    of the one before. Returns whether anything was released; a no-op off glibc.
+    """
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

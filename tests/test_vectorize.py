@@ -289,3 +289,26 @@ def test_helper_processes_give_the_same_regions_in_the_same_order(tmp_path, monk
     assert len(from_helper) >= 3
     assert shapely.equals(geometry, serial[0]).all()
     assert (class_id == serial[1]).all() and np.allclose(confidence, serial[2])
+
+
+def test_a_killed_helper_process_changes_nothing(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from deeplab_geo.vectorize import regions as regions_module
+
+    classes = noisy(seed=2)
+    cls, _ = class_rasters(tmp_path, classes)
+
+    def collect():
+        with rasterio.open(cls) as ds:
+            return np.concatenate([b.geometry for b in iter_regions(ds, strip_rows=2)])
+
+    serial = collect()
+    monkeypatch.setattr(regions_module, "HELPER_MIN_PIXELS", 1)
+    pool = regions_module._helper_pool(1)
+    pool.submit(int).result()
+    for pid in list(pool._processes):  # the helper dies between two vectorize calls
+        os.kill(pid, signal.SIGKILL)
+    assert shapely.equals(collect(), serial).all()
+    assert shapely.equals(collect(), serial).all()  # and a new helper serves the next call

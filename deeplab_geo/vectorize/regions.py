@@ -242,6 +242,8 @@ HELPER_MIN_PIXELS = 1 << 24
 than it saves."""
 
 _LOOKAHEAD = 4  # strips computed ahead of the one being joined, at most
+_DENSE_LOOKAHEAD = 2  # the same once a strip had more than _DENSE_REGIONS regions (noise):
+_DENSE_REGIONS = 100_000  # then each strip's polygons take hundreds of MB
 
 
 def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader | None,
@@ -253,7 +255,8 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
     raster, ``workers - 1`` helper processes (started once, kept for the process's life) open
     the rasters themselves and label and trace strips ahead of this process, which computes
     strips too while they start and whenever the next one is not ready. At most
-    :data:`_LOOKAHEAD` strips are held ahead of the one being joined.
+    ``_LOOKAHEAD`` strips are held ahead of the one being joined, fewer once strips turn out to
+    hold very many regions (a noisy raster), whose polygons take much memory.
     """
     def here(index: int) -> _Strip:
         row0, row1 = bounds[index]
@@ -265,12 +268,18 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
         for index in range(len(bounds)):
             yield here(index)
         return
-    pool: ProcessPoolExecutor | None = _helper_pool(helpers)
-    started = pool.submit(int)  # done once a helper is up: strips go to it from then on
+    try:
+        pool: ProcessPoolExecutor | None = _helper_pool(helpers)
+        started = pool.submit(int)  # done once a helper is up: strips go to it from then on
+    except BrokenProcessPool:  # a helper of an earlier call died: start new ones
+        _cached_pool.cache_clear()
+        pool = _helper_pool(helpers)
+        started = pool.submit(int)
     paths = (classes.name, confidence.name if confidence is not None else None)
     pending: dict[int, Future] = {}
     ready: dict[int, _Strip] = {}
     cursor = 0  # strips before it are being computed or done
+    lookahead = _LOOKAHEAD
     try:
         for index in range(len(bounds)):
             while index not in ready:
@@ -279,24 +288,33 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
                     ready[index] = _received(future, lambda i=index: here(i))
                     del pending[index]
                 elif (pool is not None and started.done() and len(pending) <= helpers
-                      and cursor < len(bounds) and cursor - index < _LOOKAHEAD):
+                      and cursor < len(bounds) and cursor - index < lookahead):
                     if started.exception() is not None:  # no helper could start
                         _cached_pool.cache_clear()
                         pool = None
                         continue
                     row0, row1 = bounds[cursor]
-                    pending[cursor] = pool.submit(_helper_strip, *paths, row0, row1,
-                                                  connectivity, skip, pixel_areas[row0:row1])
+                    try:
+                        pending[cursor] = pool.submit(_helper_strip, *paths, row0, row1,
+                                                      connectivity, skip,
+                                                      pixel_areas[row0:row1])
+                    except BrokenProcessPool:  # a helper died: go on without helpers
+                        _cached_pool.cache_clear()
+                        pool = None
+                        continue
                     cursor += 1
+                    continue
                 elif future is None:
                     ready[index] = here(index)
                     cursor = index + 1
-                elif cursor < len(bounds) and cursor - index < _LOOKAHEAD:
+                elif cursor < len(bounds) and cursor - index < lookahead:
                     ready[cursor] = here(cursor)
                     cursor += 1
                 else:
                     ready[index] = _received(future, lambda i=index: here(i))
                     del pending[index]
+                if any(len(s.label_class) > _DENSE_REGIONS for s in ready.values()):
+                    lookahead = _DENSE_LOOKAHEAD
             yield ready.pop(index)
     finally:
         for future in pending.values():
