@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import multiprocessing
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -323,10 +324,12 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
 
 def _helpers_apply(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader | None,
                    strips: int, workers: int) -> bool:
-    """Helper processes pay off for large rasters in files they can open themselves."""
+    """Helper processes pay off for large rasters in files they can open themselves (and a
+    daemonic process, such as a dask worker, may not start any)."""
     files = [ds for ds in (classes, confidence) if ds is not None]
     return (workers > 1 and strips > 2 and classes.width * classes.height >= HELPER_MIN_PIXELS
-            and all(Path(ds.name).is_file() for ds in files))
+            and all(Path(ds.name).is_file() for ds in files)
+            and not multiprocessing.current_process().daemon)
 
 
 _POOL_LOCK = threading.Lock()
