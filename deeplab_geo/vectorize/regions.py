@@ -273,7 +273,7 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
         pool: ProcessPoolExecutor | None = _helper_pool(helpers)
         started = pool.submit(int)  # done once a helper is up: strips go to it from then on
     except BrokenProcessPool:  # a helper of an earlier call died: start new ones
-        _cached_pool.cache_clear()
+        _drop_pool()
         pool = _helper_pool(helpers)
         started = pool.submit(int)
     paths = (classes.name, confidence.name if confidence is not None else None)
@@ -290,20 +290,17 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
                     del pending[index]
                 elif (pool is not None and started.done() and len(pending) <= helpers
                       and cursor < len(bounds) and cursor - index < lookahead):
-                    if started.exception() is not None:  # no helper could start
-                        _cached_pool.cache_clear()
-                        pool = None
-                        continue
                     row0, row1 = bounds[cursor]
                     try:
+                        if started.exception() is not None:  # no helper could start
+                            raise BrokenProcessPool(started.exception())
                         pending[cursor] = pool.submit(_helper_strip, *paths, row0, row1,
                                                       connectivity, skip,
                                                       pixel_areas[row0:row1])
-                    except BrokenProcessPool:  # a helper died: go on without helpers
-                        _cached_pool.cache_clear()
+                        cursor += 1
+                    except BrokenProcessPool:  # go on without helpers
+                        _drop_pool()
                         pool = None
-                        continue
-                    cursor += 1
                     continue
                 elif future is None:
                     ready[index] = here(index)
@@ -345,12 +342,17 @@ def _cached_pool(processes: int) -> ProcessPoolExecutor:
     return spawn_pool(processes)
 
 
+def _drop_pool() -> None:
+    """Forget a pool whose helper died; the next call starts a new one."""
+    _cached_pool.cache_clear()
+
+
 def _received(future: Future, fallback: Callable[[], _Strip]) -> _Strip:
     """A helper's strip, or the strip computed here if the helper process died."""
     try:
         strip = future.result()
     except BrokenProcessPool:
-        _cached_pool.cache_clear()
+        _drop_pool()
         return fallback()
     return dataclasses.replace(strip, geometry=shapely.from_wkb(strip.geometry))
 
