@@ -151,27 +151,47 @@ class VectorizeSettings(_Section):
 
 
 class ExecutionSettings(_Section):
-    """Local execution: dask threads, processes for the CRF (which holds the GIL), and GDAL's
-    block cache (bounded so that memory does not grow with the raster; GDAL's own default is 5%
-    of RAM)."""
+    """Execution: dask threads, processes for the CRF (which holds the GIL), how many batches
+    may be in flight, and GDAL's block cache (bounded so that memory does not grow with the
+    raster; GDAL's own default is 5% of RAM).
+
+    ``in_flight`` bounds the batches that are being computed or wait to be written, locally as
+    on a cluster, so memory stays bounded whichever side is slower (default: twice the threads
+    that compute batches: ``workers`` locally, all worker threads on a cluster).
+    """
 
     workers: int = Field(2, ge=1, le=256)
     crf_processes: int = Field(2, ge=1, le=256)
     gdal_cache_mb: int = Field(128, ge=16, le=65536)
+    in_flight: int | None = Field(None, ge=1, le=4096)
+
+
+class OutputSettings(_Section):
+    """Optional outputs: ``confidence`` writes the per-pixel confidence raster (uint8 percent,
+    scale 0.01) and the polygons' ``mean_confidence``."""
+
+    confidence: bool = True
 
 
 class ClusterSettings(_Section):
     """A dask.distributed cluster to run on (see :mod:`deeplab_geo.cluster`).
 
     ``address`` names a running scheduler (``tcp://host:8786``); ``local_workers`` starts a
-    ``LocalCluster`` of that many worker processes for the run. Neither: local threads.
-    ``in_flight`` bounds the batches submitted at once (default: twice the cluster's threads).
+    ``LocalCluster`` of that many worker processes for the run. Neither: local threads. The
+    batches submitted at once are bounded by ``execution.in_flight``.
     """
 
     address: str | None = Field(None, min_length=1)
     local_workers: int | None = Field(None, ge=1, le=256)
     threads_per_worker: int = Field(1, ge=1, le=256)
-    in_flight: int | None = Field(None, ge=1, le=4096)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "in_flight" in data:
+            raise ValueError("in_flight moved to the execution section (it bounds local runs "
+                             "too); write execution.in_flight instead")
+        return data
 
     @model_validator(mode="after")
     def _one_kind(self) -> ClusterSettings:
@@ -206,6 +226,7 @@ class PipelineConfig(_Section):
     execution: ExecutionSettings = ExecutionSettings()
     cluster: ClusterSettings = ClusterSettings()
     batch: BatchSettings = BatchSettings()
+    outputs: OutputSettings = OutputSettings()
     quicklook: bool = True
 
 

@@ -7,6 +7,7 @@ removed, so no half-written GeoTIFF or GeoPackage is ever left under a final nam
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from deeplab_geo.errors import InputError, OutputError, RasterReadError
@@ -62,15 +63,56 @@ def pixel_size_m(ds: rasterio.DatasetReader) -> float:
     return float((abs(ds.res[0]) + abs(ds.res[1])) / 2 * factor)
 
 
-def read_window(ds: rasterio.DatasetReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels ``(bands, h, w)`` of a window and its validity mask ``(h, w)`` (True = valid)."""
+def read_window(ds: rasterio.DatasetReader, window: Window,
+                needed: tuple[slice, slice] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Pixels ``(bands, h, w)`` of a window and its validity mask ``(h, w)`` (True = valid).
+
+    The mask is read first. With ``needed`` (slices of the window), when no pixel within them
+    is valid the pixels are not read and ``None`` comes back in their place, so nodata costs a
+    mask read only.
+    """
     try:
-        data = ds.read(window=window)
         valid = ds.dataset_mask(window=window) > 0
+        if needed is not None and not valid[needed].any():
+            return None, valid
+        data = ds.read(window=window)
     except RasterioIOError as exc:
         raise RasterReadError(f"{Path(ds.name).name}: failed to read {window} ({exc}); the "
                               "file may be truncated or corrupt") from None
     return data, valid
+
+
+_FULL_DISK_BYTES = 4 << 20  # free space below which a failed write is put down to a full disk
+
+
+@contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """Turn an operating-system or GDAL error while writing into ``folder`` into one
+    :class:`~deeplab_geo.errors.OutputError` that names the folder and the cause.
+
+    GDAL reports a failed write without its ``errno`` ("Write failed"), so a disk with less
+    than a few MB free is named as the cause ("no space left on device").
+    """
+    try:
+        yield
+    except OutputError:
+        raise
+    except (OSError, RasterioError) as exc:
+        raise OutputError(f"{folder}: cannot write outputs ({write_failure_cause(folder, exc)}); "
+                          "free some space or choose another output_dir") from None
+
+
+def write_failure_cause(folder: Path, exc: BaseException) -> str:
+    """A short, lower-case reason for a failed write into ``folder``."""
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and not isinstance(exc, RasterioError) and code:
+        return os.strerror(code).lower()
+    try:
+        if shutil.disk_usage(folder).free < _FULL_DISK_BYTES:
+            return os.strerror(errno.ENOSPC).lower()
+    except OSError:
+        pass
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 @contextmanager

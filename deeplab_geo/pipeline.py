@@ -1,27 +1,38 @@
 """The segmentation pipeline: raster in, class map, confidence, polygons and a report out.
 
-Data flow (one dask graph, run by the local threaded scheduler)::
+Data flow (one dask graph, run by the local threaded scheduler or a dask.distributed cluster)::
 
     tile_grid ─► batches ─► [read windows ─► backend.predict ─► crf.refine ─► cores]
-                                                      └─► ClassMapWriter.write (streamed)
-    ─► COGs ─► polygons (GeoPackage) ─► quicklook PNG ─► run.json
+                                 │  (at most execution.in_flight batches at a time)
+                                 ▼
+                 StripAssembler ─► strips of whole block rows, in order
+                                 ├─► ClassMapWriter: full resolution and every overview level
+                                 └─► polygon stage (a thread): regions traced, GeoPackage written
+    ─► COGs from the written levels ─► quicklook PNG ─► run.json
 
-Each batch task reads its own windows and hands its cores to a write task, so a finished batch
-is written as soon as it is done and nothing scene-sized is kept in memory. All outputs are
-staged and published together: a failed run leaves no output behind.
+Each batch task reads its own windows and hands its tiles' cores on; a batch may start only
+when the batch ``in_flight`` places before it has been handed on, so however fast prediction
+is compared with writing, at most ``in_flight`` batches' results exist at a time. Strips are
+written and traced as soon as every tile that covers them is done, so the COG overviews and the
+polygons are made while later rows are still being predicted; what is left at the end is the
+COG assembly and the last strip's polygons. Nothing scene-sized is kept in memory. All outputs
+are staged and published together: a failed run leaves no output behind.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import dask
+import dask.threaded
 import numpy as np
 import rasterio
 from dask.callbacks import Callback
@@ -35,10 +46,23 @@ from deeplab_geo.errors import InputError
 from deeplab_geo.plugins import choose_backend, get_backend
 from deeplab_geo.processes import trim_heap
 from deeplab_geo.quicklook import render_quicklook
-from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, ClassMapWriter
-from deeplab_geo.vectorize import SUFFIXES, vectorize
+from deeplab_geo.stitch import (
+    CLASS_NODATA,
+    CONFIDENCE_NODATA,
+    CONFIDENCE_SCALE,
+    ClassMapWriter,
+    Strip,
+    StripAssembler,
+    TileCore,
+    confidence_percent,
+)
+from deeplab_geo.vectorize import SUFFIXES, vectorize, vectorize_strips
 
 ProgressFactory = Callable[[int], Any]
+
+_FORWARD_LOCK = threading.Lock()
+"""One forward pass at a time in a process: a backend already uses every core (or the GPU),
+and two passes at once would hold two batches' activations."""
 
 
 @dataclass
@@ -62,6 +86,7 @@ class _TileJob:
     crf: CRFSettings | None
     colours: crf_module.ColourMapping | None = None
     crf_processes: int = 1
+    confidence: bool = True
 
 
 def output_names(input_path: Path, polygon_format: str = "gpkg") -> dict[str, str]:
@@ -85,7 +110,8 @@ def run(config: PipelineConfig, *, progress: ProgressFactory | None = None) -> R
             ``close()`` (a ``tqdm`` bar, say). ``None`` shows nothing.
 
     Raises:
-        DeepLabGeoError: bad input, checkpoint, backend or output directory; nothing is written.
+        DeepLabGeoError: bad input, checkpoint, backend or output directory, or a write that
+            failed (a full disk: :class:`~deeplab_geo.errors.OutputError`); nothing is written.
     """
     with rasterio.Env(GDAL_CACHEMAX=config.execution.gdal_cache_mb * 2**20):
         return _run(config, progress)
@@ -113,159 +139,276 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
             crf = (settings, crf_module.colour_mapping(ds, settings))
     timings["load"] = time.perf_counter() - started
     names = output_names(config.input, config.vectorize.format)
+    if not config.outputs.confidence:
+        del names["confidence"]
+    if not config.vectorize.enabled:
+        del names["polygons"]
+    if not config.quicklook:
+        del names["quicklook"]
     with io.staged_outputs(config.output_dir) as staging:
         staged = {key: staging / name for key, name in names.items()}
-        writer = ClassMapWriter(profile, staged["classes"], staged["confidence"], info.classes,
-                                info.colours)
+        writer = ClassMapWriter(profile, staged["classes"], staged.get("confidence"),
+                                info.classes, info.colours)
+        polygons = None
+        if _streams_polygons(config):
+            polygons = _Background(lambda strips: vectorize_strips(
+                strips, staged["polygons"], crs=profile["crs"].to_wkt(),
+                transform=profile["transform"], width=profile["width"],
+                height=profile["height"], class_names=info.classes, settings=config.vectorize,
+                with_confidence=config.outputs.confidence, confidence_scale=CONFIDENCE_SCALE,
+                nodata=CLASS_NODATA, source=config.input.name))
+
+        def deliver(strip: Strip) -> None:
+            writer.write(strip)
+            if polygons is not None:
+                polygons.put(strip)
+
         try:
             t0 = time.perf_counter()
-            _predict_all(config, grid, writer, crf, progress)
+            _predict_all(config, grid, StripAssembler(grid, profile["height"], profile["width"]),
+                         deliver, crf, progress)
             timings["predict_and_refine"] = time.perf_counter() - t0
             if not writer.counts.any():
                 raise InputError(f"{config.input.name}: every pixel is nodata (masked); "
                                  "check the raster's nodata value or mask")
+            trim_heap()  # prediction's freed buffers stay resident otherwise
             t0 = time.perf_counter()
+            if polygons is not None:
+                polygons.finish_input()  # the last strip's polygons are made while COGs are
             writer.finish()
             timings["write_cog"] = time.perf_counter() - t0
+            polygon_count = None
+            if polygons is not None:
+                polygon_count = polygons.result().polygons
+                timings["vectorize"] = time.perf_counter() - t0
+            elif config.vectorize.enabled:  # small-region merging needs the whole raster
+                t0 = time.perf_counter()
+                polygon_count = vectorize(staged["classes"], staged["polygons"],
+                                          class_names=info.classes, settings=config.vectorize,
+                                          confidence=staged.get("confidence"),
+                                          source=config.input.name).polygons
+                timings["vectorize"] = time.perf_counter() - t0
         finally:
+            if polygons is not None:
+                polygons.cancel()
             writer.close()
-        trim_heap()  # prediction's freed buffers stay resident otherwise
-        polygon_count = None
-        if config.vectorize.enabled:
-            t0 = time.perf_counter()
-            polygon_count = vectorize(staged["classes"], staged["polygons"],
-                                      class_names=info.classes, settings=config.vectorize,
-                                      confidence=staged["confidence"],
-                                      source=config.input.name).polygons
-            timings["vectorize"] = time.perf_counter() - t0
-        else:
-            del staged["polygons"]
-        if config.quicklook:
-            t0 = time.perf_counter()
-            render_quicklook(config.input, staged["classes"], info.classes, info.colours,
-                             staged["quicklook"])
-            timings["quicklook"] = time.perf_counter() - t0
-        else:
-            del staged["quicklook"]
-        timings["total"] = time.perf_counter() - started
-        report = _report(config, profile, grid, writer.counts, info.classes, timings,
-                         polygon_count)
-        staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        outputs = io.publish(staged, config.output_dir)
+        with io.writing(config.output_dir):
+            if config.quicklook:
+                t0 = time.perf_counter()
+                render_quicklook(config.input, staged["classes"], info.classes, info.colours,
+                                 staged["quicklook"])
+                timings["quicklook"] = time.perf_counter() - t0
+            timings["total"] = time.perf_counter() - started
+            report = _report(config, profile, grid, writer.counts, info.classes, timings,
+                             polygon_count)
+            staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            outputs = io.publish(staged, config.output_dir)
     return RunResult(outputs=outputs, report=report)
 
 
-def _predict_all(config: PipelineConfig, grid: list[tiling.Tile], writer: ClassMapWriter,
+def _streams_polygons(config: PipelineConfig) -> bool:
+    """Polygons are made from strips as they are predicted, except with small-region merging,
+    which needs the finished class raster."""
+    settings = config.vectorize
+    return settings.enabled and not (settings.min_area > 0 and settings.min_area_mode == "merge")
+
+
+def in_flight(config: PipelineConfig, threads: int) -> int:
+    """Batches allowed in flight: ``execution.in_flight``, or twice the computing threads."""
+    return config.execution.in_flight or max(2, 2 * threads)
+
+
+def _predict_all(config: PipelineConfig, grid: list[tiling.Tile], assembler: StripAssembler,
+                 deliver: Callable[[Strip], None],
                  crf: tuple[CRFSettings, crf_module.ColourMapping] | None,
                  progress: ProgressFactory | None) -> None:
     settings, colours = crf if crf is not None else (None, None)
     jobs = [
         _TileJob(str(config.input), batch, config.model.backend, config.model.checkpoint,
                  config.model.device, config.tta, settings, colours,
-                 config.execution.crf_processes)
+                 config.execution.crf_processes, config.outputs.confidence)
         for batch in tiling.batched(grid, config.model.batch_size)
     ]
     bar = progress(len(grid)) if progress else None
+
+    def hand_on(job: _TileJob, cores: list[TileCore]) -> int:
+        for tile, core in zip(job.tiles, cores):
+            for strip in assembler.add(tile, core):
+                deliver(strip)
+        return len(job.tiles)
+
     try:
         with cluster_module.connect(config.cluster, config.model.device) as client:
             if client is None:
-                _compute_local(jobs, writer, bar, config.execution.workers)
+                limit = in_flight(config, config.execution.workers)
+                _compute_local(jobs, hand_on, bar, config.execution.workers, limit)
             else:
-                _compute_distributed(client, jobs, writer, bar, config.cluster.in_flight)
+                limit = in_flight(config, sum(client.nthreads().values()))
+                _compute_distributed(client, jobs, hand_on, bar, limit)
     finally:
         if bar is not None:
             bar.close()
+    if not assembler.complete:  # every tile was handed on, so every strip must be done
+        raise RuntimeError("internal error: tiles were lost between prediction and writing")
 
 
-def _compute_local(jobs: list[_TileJob], writer: ClassMapWriter, bar: Any,
-                   workers: int) -> None:
-    """One dask graph on the local threaded scheduler: each batch task feeds a write task.
+HandOn = Callable[[_TileJob, list[TileCore]], int]
 
-    Each write also waits for the previous one, so batches are computed and written in the
-    grid's row-major order: GeoTIFF blocks are completed one block row after another and
-    leave GDAL's cache once, instead of being flushed half-written and rewritten (which slowed
-    a 16384 px raster by 40%), and at most a batch or two wait in memory.
+
+def _compute_local(jobs: list[_TileJob], hand_on: HandOn, bar: Any, workers: int,
+                   in_flight: int) -> None:
+    """One dask graph on the local threaded scheduler, bounded and in row-major order.
+
+    ``batch-i`` computes batch i; ``hand-i`` hands its cores on and waits for ``hand-(i-1)``,
+    so strips are completed top to bottom and GeoTIFF blocks are written once. ``batch-i``
+    also waits for ``hand-(i - in_flight)``: at most ``in_flight`` batches are being computed or
+    wait to be handed on, whichever side is slower.
     """
-    tasks = []
-    previous = None
+    graph: dict[str, Any] = {}
     for i, job in enumerate(jobs):
-        result = dask.delayed(process_batch, pure=True)(job, dask_key_name=f"batch-{i}")
-        previous = dask.delayed(_write_batch)(writer, job, result, previous,
-                                              dask_key_name=f"write-{i}")
-        tasks.append(previous)
+        gate = f"hand-{i - in_flight}" if i >= in_flight else None
+        graph[f"batch-{i}"] = (_after, process_batch, job, gate)
+        previous = f"hand-{i - 1}" if i else None
+        graph[f"hand-{i}"] = (_after, hand_on, job, f"batch-{i}", previous)
     with _ProgressCallback(bar):
-        dask.compute(*tasks, scheduler="threads", num_workers=workers)
+        dask.threaded.get(graph, f"hand-{len(jobs) - 1}", num_workers=workers)
 
 
-def _compute_distributed(client: Any, jobs: list[_TileJob], writer: ClassMapWriter, bar: Any,
-                         in_flight: int | None) -> None:
-    """Batches run on the cluster's workers; their cores are written here as they arrive.
+def _after(func: Callable[..., Any], *args: Any) -> Any:
+    """``func`` on all arguments but the last, which is only a dependency (graph order)."""
+    return func(*args[:-1])
+
+
+def _compute_distributed(client: Any, jobs: list[_TileJob], hand_on: HandOn, bar: Any,
+                         in_flight: int) -> None:
+    """Batches run on the cluster's workers; their cores are handed on here as they arrive.
 
     Worker processes are daemonic and cannot start a CRF process pool: parallelism comes from
     the workers themselves.
     """
     jobs = [replace(job, crf_processes=1) for job in jobs]
-    if in_flight is None:
-        in_flight = max(2, 2 * sum(client.nthreads().values()))
 
-    def write(index: int, results: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        written = _write_batch(writer, jobs[index], results)
+    def received(index: int, cores: list[TileCore]) -> None:
+        done = hand_on(jobs[index], cores)
         if bar is not None:
-            bar.update(written)
+            bar.update(done)
 
-    cluster_module.map_unordered(client, process_batch, jobs, write, in_flight=in_flight)
+    cluster_module.map_unordered(client, process_batch, jobs, received, in_flight=in_flight)
 
 
-def process_batch(job: _TileJob) -> list[tuple[np.ndarray, np.ndarray]]:
+def process_batch(job: _TileJob) -> list[TileCore]:
     """Predict (and refine) a batch of tiles; returns each tile's core classes and confidence.
 
-    Tiles whose pixels are all nodata cost no inference; nodata pixels come out as class
-    ``CLASS_NODATA`` with confidence ``CONFIDENCE_NODATA``.
+    Tiles whose cores hold no valid pixel are not even read past their mask and come back as
+    ``None``; other nodata pixels come out as class ``CLASS_NODATA`` with confidence
+    ``CONFIDENCE_NODATA``.
     """
     predictor = get_backend(job.backend).load(job.checkpoint, device=job.device)
     with rasterio.open(job.raster) as ds:
-        reads = [io.read_window(ds, tile.read_window) for tile in job.tiles]
-    todo = [i for i, (_, valid) in enumerate(reads) if valid.any()]
-    batch = np.stack([reads[i][0] for i in todo]) if todo else None
-    probs = dict(zip(todo, tta.predict(predictor, batch, job.tta))) if todo else {}
-    if job.crf is not None and probs:
+        reads = [io.read_window(ds, tile.read_window, tile.core_slices) for tile in job.tiles]
+    todo = [i for i, (data, _) in enumerate(reads) if data is not None]
+    if not todo:
+        return [None] * len(job.tiles)
+    batch = np.stack([reads[i][0] for i in todo])
+    with _FORWARD_LOCK:
+        probs = dict(zip(todo, tta.predict(predictor, batch, job.tta)))
+    del batch
+    if job.crf is not None:
         pairs = [(probs[i], crf_module.colour_features(reads[i][0], job.colours), reads[i][1])
                  for i in todo]
         probs = dict(zip(todo, crf_module.refine_many(pairs, job.crf, job.crf_processes)))
-    results = []
+    cores: list[TileCore] = []
     for i, (tile, (_, valid)) in enumerate(zip(job.tiles, reads)):
+        if i not in probs:
+            cores.append(None)
+            continue
         rows, cols = tile.core_slices
         core_valid = valid[rows, cols]
-        if i not in probs:
-            results.append((np.full(core_valid.shape, CLASS_NODATA, np.uint8),
-                            np.full(core_valid.shape, CONFIDENCE_NODATA, np.float32)))
-            continue
-        p = probs[i][:, rows, cols]
+        p = probs.pop(i)[:, rows, cols]
         classes = p.argmax(0).astype(np.uint8)
-        confidence = p.max(0).astype(np.float32)
         classes[~core_valid] = CLASS_NODATA
-        confidence[~core_valid] = CONFIDENCE_NODATA
-        results.append((classes, confidence))
-    return results
-
-
-def _write_batch(writer: ClassMapWriter, job: _TileJob,
-                 results: list[tuple[np.ndarray, np.ndarray]], previous: int | None = None) -> int:
-    for tile, (classes, confidence) in zip(job.tiles, results):
-        writer.write(tile, classes, confidence)
-    return len(job.tiles)
+        confidence = None
+        if job.confidence:
+            confidence = confidence_percent(p.max(0))
+            confidence[~core_valid] = CONFIDENCE_NODATA
+        cores.append((classes, confidence))
+    return cores
 
 
 class _ProgressCallback(Callback):
-    """Advance a progress bar by the tiles of each finished write task."""
+    """Advance a progress bar by the tiles of each batch handed on."""
 
     def __init__(self, bar: Any) -> None:
         super().__init__()
         self._bar = bar
 
     def _posttask(self, key, result, dsk, state, worker_id) -> None:
-        if self._bar is not None and isinstance(key, str) and key.startswith("write-"):
+        if self._bar is not None and isinstance(key, str) and key.startswith("hand-"):
             self._bar.update(result)
+
+
+_END, _CANCEL = object(), object()
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Background:
+    """``consume(items)`` in a thread, over the items :meth:`put` here, in order.
+
+    At most ``size`` items wait, so a slow consumer holds the producer back (and with it
+    prediction) instead of letting items pile up. An error in the consumer is raised by the
+    next :meth:`put` and by :meth:`result`; the consumer's thread then drains what is put so
+    that the producer never blocks.
+    """
+
+    def __init__(self, consume: Callable[[Iterator[Any]], Any], size: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(size)
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, args=(consume,), daemon=True,
+                                        name="deeplab-geo-polygons")
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def finish_input(self) -> None:
+        """No more items: the consumer finishes what it has."""
+        self._queue.put(_END)
+
+    def result(self) -> Any:
+        """Wait for the consumer; its result, or its error raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def cancel(self) -> None:
+        """Stop the consumer (its items iterator raises) and wait for it; a no-op once it
+        ended."""
+        if self._thread.is_alive():
+            self._queue.put(_CANCEL)
+            self._thread.join()
+
+    def _items(self) -> Iterator[Any]:
+        while (item := self._queue.get()) is not _END:
+            if item is _CANCEL:
+                raise _Cancelled
+            yield item
+
+    def _main(self, consume: Callable[[Iterator[Any]], Any]) -> None:
+        try:
+            self._result = consume(self._items())
+        except _Cancelled:
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the producer's thread
+            self._error = exc
+            while self._queue.get() not in (_END, _CANCEL):
+                pass
 
 
 def _report(config: PipelineConfig, profile: dict, grid: list[tiling.Tile], counts: np.ndarray,

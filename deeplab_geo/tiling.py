@@ -85,6 +85,26 @@ def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Til
     return [Tile(r, c, rc, cc) for (r, rc), (c, cc) in product(rows, cols)]
 
 
+STRIP_PIXELS = 1 << 23
+"""Default pixels per strip (8 Mpx), rounded to whole block rows (see :func:`strip_bounds`)."""
+
+
+def strip_bounds(height: int, width: int, block_rows: int,
+                 strip_rows: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of the strips that cover a raster, top to bottom.
+
+    Strips are ``strip_rows`` high, or by default the whole number of blocks (at least one) that
+    holds about :data:`STRIP_PIXELS` pixels. The last strip ends at the last row and may be
+    shorter; strips never overlap. Stitching hands finished rows on in these strips and the
+    vectorizer reads them, so every block is written and decoded once.
+    """
+    if strip_rows is None:
+        blocks = max(1, round(STRIP_PIXELS / max(1, width * block_rows)))
+        strip_rows = blocks * block_rows
+    strip_rows = max(1, int(strip_rows))
+    return [(r, min(r + strip_rows, height)) for r in range(0, height, strip_rows)]
+
+
 def batched(items: list, size: int) -> list[list]:
     """Split ``items`` into consecutive lists of at most ``size`` elements."""
     if size < 1:

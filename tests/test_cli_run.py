@@ -33,9 +33,10 @@ def test_run_writes_all_outputs_georeferenced(tiny_pipeline, tiny_raster):
         assert cls.tags()["CLASS_NAMES"] == ",".join(TINY_CLASSES)
         assert cls.colormap(1)[2] == (128, 128, 128, 255)
         classes = cls.read(1)
-        confidence = conf.read(1)
+        assert conf.dtypes[0] == "uint8" and conf.scales == (0.01,) and conf.nodata == 255
+        probability = conf.read(1) * conf.scales[0]
     assert classes.max() < len(TINY_CLASSES)
-    assert ((confidence > 0) & (confidence <= 1)).all()
+    assert ((probability > 0) & (probability <= 1)).all()
 
     report = json.loads((out / "run.json").read_text())
     assert report["raster"]["tiles"] == 6

@@ -96,7 +96,7 @@ def test_local_cluster_survives_a_killed_worker_with_identical_output(
         return bars[-1]
 
     config = pipeline_config(tmp_path, scene, tiny_checkpoint, "cluster",
-                             cluster={"local_workers": 2, "in_flight": 2})
+                             cluster={"local_workers": 2}, execution={"in_flight": 2})
     result = {}
     thread = threading.Thread(target=lambda: result.update(out=run(config, progress=progress)))
     thread.start()

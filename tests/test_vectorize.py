@@ -13,7 +13,8 @@ from deeplab_geo.config import VectorizeSettings
 from deeplab_geo.errors import InputError
 from deeplab_geo.vectorize import label_regions, polygonize, vectorize
 from deeplab_geo.vectorize.geometry import join_pieces
-from deeplab_geo.vectorize.regions import iter_regions, strip_bounds
+from deeplab_geo.tiling import strip_bounds
+from deeplab_geo.vectorize.regions import iter_regions
 from tests.conftest import write_raster
 
 CUSTOM_CRS = ("+proj=tmerc +lat_0=0 +lon_0=15.5 +k=0.9996 +x_0=500000 +y_0=0 "

@@ -41,7 +41,7 @@ import importlib
 from typing import Any
 
 __all__ = ["LAYER", "SUFFIXES", "VectorizeResult", "label_regions", "polygonize", "vectorize",
-           "write_polygons"]
+           "vectorize_strips", "write_polygons"]
 
 _HOMES = {"label_regions": "deeplab_geo.vectorize.labels"}
 

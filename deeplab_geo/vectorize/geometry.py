@@ -137,8 +137,8 @@ def join_pieces(pieces: np.ndarray) -> shapely.Geometry:
     shells = shapely.polygons(rings[is_shell])
     # Interiors are disjoint, so a piece lies in another's hole exactly when a point of its
     # interior lies within the other's shell: a point test, not a polygon-in-polygon one.
-    inner, outer = shapely.STRtree(shells).query(shapely.point_on_surface(shells),
-                                                 predicate="within")
+    outer, inner = shapely.STRtree(shapely.point_on_surface(shells)).query(
+        shells, predicate="contains")
     nested = np.zeros(len(parts), bool)
     nested[inner[inner != outer]] = True
     kept = shells[~nested]
@@ -149,7 +149,7 @@ def join_pieces(pieces: np.ndarray) -> shapely.Geometry:
     targets = shapely.get_parts(joined)
     if len(holes):
         inside = shapely.point_on_surface(shapely.polygons(holes))
-        hole_index, target_index = shapely.STRtree(targets).query(inside, predicate="within")
+        target_index, hole_index = shapely.STRtree(inside).query(targets, predicate="contains")
         if len(hole_index) != len(holes) or len(np.unique(hole_index)) != len(holes):
             return shapely.union_all(parts)
         target_rings, target_owner = shapely.get_rings(targets, return_index=True)

@@ -22,6 +22,7 @@ from pyproj import CRS
 
 from deeplab_geo.config import VectorizeSettings
 from deeplab_geo.errors import ConfigError, InputError, OutputError
+from deeplab_geo.stitch import Strip
 from deeplab_geo.vectorize.geometry import (
     area_perimeter_m,
     as_multipolygons,
@@ -32,12 +33,12 @@ from deeplab_geo.vectorize.geometry import (
     to_pixel,
 )
 from deeplab_geo.vectorize.labels import label_regions
-from deeplab_geo.vectorize.regions import RegionBatch, iter_regions
+from deeplab_geo.vectorize.regions import RegionBatch, iter_regions, iter_strip_regions
 from deeplab_geo.vectorize.small_regions import merge_small_regions
 from deeplab_geo.vectorize.writers import FeatureBatch, driver_for, write_features
 
 __all__ = ["LAYER", "SUFFIXES", "VectorizeResult", "label_regions", "polygonize", "vectorize",
-           "write_polygons"]
+           "vectorize_strips", "write_polygons"]
 
 LAYER = "landcover"
 """Name of the single layer."""
@@ -90,15 +91,61 @@ def vectorize(classes: str | Path, out: str | Path, *, class_names: list[str],
     """
     settings = settings or VectorizeSettings()
     out = Path(out)
+    _check_output(out)
+    with _feature_stream(Path(classes), confidence, class_names, settings, source, strip_rows,
+                         workdir=out.parent) as stream:
+        return _write(stream, out, settings)
+
+
+def vectorize_strips(strips: Iterable[Strip], out: str | Path, *, crs: CRS, transform: Affine,
+                     width: int, height: int, class_names: list[str],
+                     settings: VectorizeSettings | None = None, with_confidence: bool = False,
+                     confidence_scale: float = 1.0, nodata: int = 255,
+                     source: str | None = None) -> VectorizeResult:
+    """:func:`vectorize` for a class raster handed over in strips, top to bottom, as it is made
+    (the pipeline's polygon stage; nothing is read back from disk).
+
+    Args:
+        strips: full-width strips in order (see :class:`deeplab_geo.stitch.Strip`); strips
+            without arrays are all nodata.
+        crs, transform, width, height: the raster's grid.
+        with_confidence: strips carry confidence values, averaged into ``mean_confidence``
+            after multiplying them by ``confidence_scale``.
+        nodata: the class value of pixels that belong to no region.
+
+    Raises:
+        ConfigError: ``min_area_mode: merge``, which needs the whole raster (use
+            :func:`vectorize` on the file), or an unknown class in ``skip_classes``.
+        InputError, OutputError: as :func:`vectorize`.
+    """
+    settings = settings or VectorizeSettings()
+    if settings.min_area > 0 and settings.min_area_mode == "merge":
+        raise ConfigError("vectorize.min_area_mode merge needs the whole class raster; "
+                          "vectorize the file instead")
+    out = Path(out)
+    _check_output(out)
+    crs = CRS.from_user_input(crs)
+    regions = iter_strip_regions(
+        strips, height=height, width=width, transform=transform, nodata=nodata,
+        connectivity=settings.connectivity, skip=_skip_ids(settings.skip_classes, class_names),
+        with_confidence=with_confidence, confidence_scale=confidence_scale,
+        pixel_areas=row_pixel_areas(transform, crs, 0, height, width))
+    context = _Context(crs, transform, class_names, source or out.stem, settings)
+    stream = _Stream(crs, _schema(with_confidence), context.features(regions))
+    return _write(stream, out, settings)
+
+
+def _check_output(out: Path) -> None:
     driver_for(out)
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise OutputError(f"{out.parent}: not a writable folder; create it or choose another "
                           "output path")
-    with _feature_stream(Path(classes), confidence, class_names, settings, source, strip_rows,
-                         workdir=out.parent) as stream:
-        layer = _split_by_class if settings.layout == "per_class" else LAYER
-        layers = write_features(stream.batches, out, schema=stream.schema, crs=stream.crs,
-                                layer=layer)
+
+
+def _write(stream: _Stream, out: Path, settings: VectorizeSettings) -> VectorizeResult:
+    layer = _split_by_class if settings.layout == "per_class" else LAYER
+    layers = write_features(stream.batches, out, schema=stream.schema, crs=stream.crs,
+                            layer=layer)
     return VectorizeResult(out, layers, stream.merge_rounds)
 
 

@@ -7,7 +7,7 @@ pixels (and classes that are skipped) belong to no region.
 How it works, for a raster of any size:
 
 1. The raster is read in strips of whole rows, a multiple of the file's block height
-   (:func:`strip_bounds`), so each block is decoded once.
+   (:func:`deeplab_geo.tiling.strip_bounds`), so each block is decoded once.
 2. Each strip is labelled, all classes at once, through runs of pixels
    (:mod:`deeplab_geo.vectorize.labels`); per region the pixel count, ground area and summed
    confidence come from sums over runs. GDAL traces the labels (``rasterio.features.shapes``,
@@ -35,7 +35,7 @@ import dataclasses
 import functools
 import multiprocessing
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
@@ -53,6 +53,8 @@ from scipy.sparse.csgraph import connected_components
 
 from deeplab_geo.errors import InputError
 from deeplab_geo.processes import spawn_pool
+from deeplab_geo.stitch import Strip
+from deeplab_geo.tiling import strip_bounds
 from deeplab_geo.vectorize.geometry import (
     as_multipolygons,
     join_pieces,
@@ -63,9 +65,6 @@ from deeplab_geo.vectorize.geometry import (
     valid_parts,
 )
 from deeplab_geo.vectorize.labels import Regions, label_regions
-
-STRIP_PIXELS = 1 << 23
-"""Default pixels per strip (8 Mpx): rounded to whole blocks of the file."""
 
 # GDAL >= 3.7 traces 4-connected regions into valid polygons (its two-arm-chains polygonizer;
 # invalid rings come only from 8-connected tracing, OSGeo/gdal#7369). Older GDALs are checked
@@ -100,21 +99,6 @@ class RegionBatch:
         return RegionBatch(self.geometry[keep], self.class_id[keep], self.pixel_count[keep],
                            self.pixel_area_m2[keep],
                            None if self.confidence_sum is None else self.confidence_sum[keep])
-
-
-def strip_bounds(height: int, width: int, block_rows: int,
-                 strip_rows: int | None = None) -> list[tuple[int, int]]:
-    """Row ranges ``[start, stop)`` of the strips that cover a raster, top to bottom.
-
-    Strips are ``strip_rows`` high, or by default the whole number of blocks (at least one) that
-    holds about :data:`STRIP_PIXELS` pixels. The last strip ends at the last row and may be
-    shorter; strips never overlap.
-    """
-    if strip_rows is None:
-        blocks = max(1, round(STRIP_PIXELS / max(1, width * block_rows)))
-        strip_rows = blocks * block_rows
-    strip_rows = max(1, int(strip_rows))
-    return [(r, min(r + strip_rows, height)) for r in range(0, height, strip_rows)]
 
 
 @dataclass
@@ -172,9 +156,10 @@ def iter_regions(classes: rasterio.DatasetReader, *, connectivity: int = 8,
         classes: the class raster; its nodata pixels belong to no region.
         connectivity: 8 or 4 (see the module docstring).
         skip: class ids that are not vectorized (treated like nodata).
-        confidence: a raster of the same grid whose band 1 is summed per region.
+        confidence: a raster of the same grid whose band 1 (with its scale and offset) is
+            summed per region.
         pixel_areas: ground area (m²) of a pixel in each row (default: 1 per pixel).
-        strip_rows: rows per strip (default: see :func:`strip_bounds`).
+        strip_rows: rows per strip (default: see :func:`deeplab_geo.tiling.strip_bounds`).
         workers: processes that label and trace strips, this one included (see
             :data:`HELPER_MIN_PIXELS`; 1: this process alone, the least memory).
 
@@ -187,13 +172,48 @@ def iter_regions(classes: rasterio.DatasetReader, *, connectivity: int = 8,
     height, width = classes.height, classes.width
     if pixel_areas is None:
         pixel_areas = np.ones(height)
-    with_confidence = confidence is not None
+    bounds = strip_bounds(height, width, classes.block_shapes[0][0], strip_rows)
+    strips = _strips(classes, confidence, bounds, connectivity, skip, pixel_areas, workers)
+    yield from _join(zip((row1 for _, row1 in bounds), strips), height, connectivity,
+                     confidence is not None, classes.transform)
+
+
+def iter_strip_regions(strips: Iterable[Strip], *, height: int, width: int,
+                       transform: Affine, nodata: int, connectivity: int = 8,
+                       skip: tuple[int, ...] = (), with_confidence: bool = False,
+                       confidence_scale: float = 1.0, pixel_areas: np.ndarray | None = None
+                       ) -> Iterator[RegionBatch]:
+    """:func:`iter_regions` over strips handed over in memory, top to bottom (the pipeline's
+    polygon stage: strips come from prediction as they are finished, nothing is read back).
+
+    ``nodata`` marks pixels of no region; confidence values are multiplied by
+    ``confidence_scale`` before they are summed.
+    """
+    if pixel_areas is None:
+        pixel_areas = np.ones(height)
+
+    def labelled() -> Iterator[tuple[int, _Strip]]:
+        for strip in strips:
+            rows = slice(strip.row0, strip.row1)
+            if strip.classes is None:
+                yield strip.row1, _empty_strip(width)
+                continue
+            valid = strip.classes != nodata
+            yield strip.row1, _strip_from_pixels(
+                strip.classes, valid, strip.confidence, confidence_scale, 0.0, connectivity,
+                skip, pixel_areas[rows], transform * Affine.translation(0, strip.row0))
+
+    yield from _join(labelled(), height, connectivity, with_confidence, transform)
+
+
+def _join(strips: Iterable[tuple[int, _Strip]], height: int, connectivity: int,
+          with_confidence: bool, transform: Affine) -> Iterator[RegionBatch]:
+    """Finished regions of labelled strips given top to bottom with their last row + 1 (see
+    steps 3 and 4 of the module docstring)."""
     open_groups: dict[int, _Group] = {}
     prev_keys = prev_classes = None
     next_key = 1
-    bounds = strip_bounds(height, width, classes.block_shapes[0][0], strip_rows)
-    strips = _strips(classes, confidence, bounds, connectivity, skip, pixel_areas, workers)
-    for (_, row1), strip in zip(bounds, strips):
+    for row1, strip in strips:
         last = row1 == height
         n = len(strip.label_class) - 1
         reaches_bottom = np.zeros(n + 1, bool)
@@ -232,7 +252,7 @@ def iter_regions(classes: rasterio.DatasetReader, *, connectivity: int = 8,
             bottom_key[label] = next_key
             next_key += 1
         if finished:
-            yield _finish(finished, with_confidence, classes.transform)
+            yield _finish(finished, with_confidence, transform)
         open_groups = still_open
         prev_keys = bottom_key[strip.last_labels]
         prev_classes = strip.last_classes
@@ -371,24 +391,61 @@ def _helper_strip(classes_path: str, confidence_path: str | None, row0: int, row
 def _compute_strip(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader | None,
                    row0: int, row1: int, connectivity: int, skip: tuple[int, ...],
                    pixel_areas: np.ndarray) -> _Strip:
+    if _no_data_stored(classes, row0, row1):
+        return _empty_strip(classes.width)
     window = Window(0, row0, classes.width, row1 - row0)
     values = classes.read(1, window=window)
     valid = (values != classes.nodata) if classes.nodata is not None else \
         classes.read_masks(1, window=window) > 0
+    scale, offset = (confidence.scales[0], confidence.offsets[0]) if confidence is not None \
+        else (1.0, 0.0)
+    confidence_values = confidence.read(1, window=window) if confidence is not None else None
+    return _strip_from_pixels(values, valid, confidence_values, scale, offset, connectivity,
+                              skip, pixel_areas, classes.transform * Affine.translation(0, row0))
+
+
+def _strip_from_pixels(values: np.ndarray, valid: np.ndarray, confidence: np.ndarray | None,
+                       scale: float, offset: float, connectivity: int, skip: tuple[int, ...],
+                       pixel_areas: np.ndarray, transform: Affine) -> _Strip:
+    """Label and trace one strip (``transform``: of its first row)."""
     for cls in skip:
         valid &= values != cls
+    if not valid.any():
+        return _empty_strip(values.shape[1])
     regions = label_regions(values, valid, connectivity)
     pixel_count = regions.pixel_count()
     if np.all(pixel_areas == pixel_areas[0]):
         area = pixel_count * float(pixel_areas[0])
     else:
         area = regions.sum_per_row(pixel_areas)
-    confidence_sum = (regions.sum_of(confidence.read(1, window=window))
-                      if confidence is not None else np.zeros(regions.count + 1))
-    geometry = _trace(regions, pixel_count, classes.transform * Affine.translation(0, row0))
+    if confidence is not None:
+        confidence_sum = regions.sum_of(confidence) * scale + offset * pixel_count
+    else:
+        confidence_sum = np.zeros(regions.count + 1)
+    geometry = _trace(regions, pixel_count, transform)
     labels = regions.labels
     return _Strip(labels[0].copy(), labels[-1].copy(), values[0].copy(), values[-1].copy(),
                   regions.label_class, geometry, pixel_count, area, confidence_sum)
+
+
+def _empty_strip(width: int) -> _Strip:
+    """A strip without regions: nothing in it joins a neighbour (its labels are all 0)."""
+    nothing = np.zeros(width, np.int32)
+    return _Strip(nothing, nothing, nothing, nothing, np.full(1, -1, np.int64),
+                  np.empty(1, dtype=object), np.zeros(1, np.int64), np.zeros(1), np.zeros(1))
+
+
+def _no_data_stored(ds: rasterio.DatasetReader, row0: int, row1: int) -> bool:
+    """Whether a sparse GeoTIFF stores no block for rows ``[row0, row1)`` (all nodata)."""
+    if ds.driver != "GTiff" or ds.nodata is None:
+        return False
+    block_rows, block_cols = ds.block_shapes[0]
+    columns = range(-(-ds.width // block_cols))
+    for block_row in range(row0 // block_rows, -(-row1 // block_rows)):
+        for block_col in columns:
+            if ds.get_tag_item(f"BLOCK_OFFSET_{block_col}_{block_row}", "TIFF", bidx=1):
+                return False
+    return True
 
 
 def _trace(regions: Regions, pixel_count: np.ndarray, transform: Affine) -> np.ndarray:

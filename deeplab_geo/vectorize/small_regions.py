@@ -31,8 +31,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from deeplab_geo.tiling import strip_bounds
 from deeplab_geo.vectorize.labels import label_regions
-from deeplab_geo.vectorize.regions import strip_bounds
 
 MAX_ROUNDS = 16
 """Rounds of merging at most; each is one pass over the raster."""
