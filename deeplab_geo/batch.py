@@ -49,6 +49,7 @@ from typing import Any
 import deeplab_geo
 from deeplab_geo.config import PipelineConfig
 from deeplab_geo.errors import DeepLabGeoError, InputError, OutputError
+from deeplab_geo.io import writing
 from deeplab_geo.models.checkpoint import metadata_path, resolve
 
 log = logging.getLogger(__name__)
@@ -203,12 +204,15 @@ class Manifest:
                                 for k, p in outcome.outputs.items()}
         else:
             entry["error"] = outcome.error
-        with self._lock:
+        with self._lock, writing(root):
             self.entries[str(item.path)] = entry
             data = {"format": _MANIFEST_FORMAT, "inputs": self.entries}
             tmp = self.path.with_name(f".{MANIFEST}.tmp")
-            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -29,14 +29,10 @@ from __future__ import annotations
 
 import functools
 import mmap
-import multiprocessing
-import multiprocessing.synchronize
 import os
-import threading
 import uuid
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +40,10 @@ import rasterio
 
 from deeplab_geo.config import CRFSettings
 from deeplab_geo.errors import ConfigError
-from deeplab_geo.processes import spawn_pool
+from deeplab_geo.processes import WorkerPool, worker_pool
 
 _EPS = 1e-8
-_START_TIMEOUT_S = 120
 _SHARED_DIR = Path("/dev/shm")
-_POOL_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -221,54 +215,57 @@ def refine_many(items: list[tuple[np.ndarray, ...]], settings: CRFSettings,
     The torch refiner runs them one after the other in this process (on ``settings.device``;
     torch uses several threads itself). pydensecrf holds the GIL, so threads cannot run two
     of its refinements at once; with ``processes > 1`` the tiles go to a pool of that many
-    processes (see :func:`start_pool`). Arrays travel to and from the workers through one
+    processes (see :func:`start_pool`; a worker that dies is replaced, see
+    :mod:`deeplab_geo.processes`). Arrays travel to and from the workers through one
     shared-memory file per call (in ``/dev/shm``), not through pipes: pickling a 512 px tile's
     float32 probabilities and marginals (2 x 6 MB) and pushing them through a pipe costs
     several copies in each direction. Where no such file can be reserved (no ``/dev/shm``, or
     too little room in it) the arrays are pickled instead; the results are the same.
+
+    Raises:
+        WorkerError: a worker process died twice on these tiles.
     """
     if settings.refiner == "torch" or processes <= 1 or len(items) <= 1:
         return [_refine_item(item, settings) for item in items]
-    pool = start_pool(processes)
+    pool = _crf_pool(processes)
     shared = _SharedTiles.reserve(items)
     if shared is None:
-        return list(pool.map(_refine_item, items, repeat(settings)))
+        return pool.run(lambda executor, i: executor.submit(_refine_item, items[i], settings),
+                        len(items))
     try:
-        futures = []
-        for index, item in enumerate(items):  # each tile starts as soon as it is copied in
-            shared.write(index, item)
-            futures.append(pool.submit(_refine_shared, str(shared.path), shared.layouts[index],
-                                       settings))
-        results = []
-        for index, future in enumerate(futures):  # copied out while later tiles still run
-            future.result()
-            results.append(shared.output(index))
-        return results
+        def submit(executor: ProcessPoolExecutor, index: int) -> Future:
+            shared.write(index, items[index])  # each tile starts as soon as it is copied in
+            return executor.submit(_refine_shared, str(shared.path), shared.layouts[index],
+                                   settings)
+
+        def collect(index: int, future: Future) -> np.ndarray:
+            future.result()  # copied out while later tiles still run
+            return shared.output(index)
+
+        return pool.run(submit, len(items), collect)
     finally:
         shared.release()
 
 
 def start_pool(processes: int) -> ProcessPoolExecutor:
-    """The process pool for pydensecrf, started on first use and kept for the process's life.
+    """The process pool for pydensecrf, started on first use and kept for the process's life
+    (replaced if a worker dies).
 
     Workers are started with ``spawn`` (safe next to threaded libraries such as torch); each
     imports pydensecrf when it starts, and this returns once all of them have, so the first
     tiles do not wait for a worker's start-up.
     """
-    with _POOL_LOCK:  # dask threads may ask at the same time: start one pool, not several
-        return _process_pool(processes)
+    return _crf_pool(processes).executor()
+
+
+def _crf_pool(processes: int) -> WorkerPool:
+    _remove_stale_once()
+    return worker_pool(processes, _import_pydensecrf, warm=True)
 
 
 @functools.cache
-def _process_pool(processes: int) -> ProcessPoolExecutor:
+def _remove_stale_once() -> None:
     remove_stale_shared_files()
-    ready = multiprocessing.get_context("spawn").Barrier(processes)
-    pool = spawn_pool(processes, _start_worker, (ready,))
-    # Each submission starts a worker while none is idle; a worker's first task waits for its
-    # initializer, which waits until every worker has started.
-    for future in [pool.submit(int) for _ in range(processes)]:
-        future.result()
-    return pool
 
 
 def remove_stale_shared_files() -> int:
@@ -289,10 +286,8 @@ def remove_stale_shared_files() -> int:
     return removed
 
 
-def _start_worker(ready: multiprocessing.synchronize.Barrier) -> None:
+def _import_pydensecrf() -> None:
     import pydensecrf.densecrf  # noqa: F401  (the import is the work)
-
-    ready.wait(timeout=_START_TIMEOUT_S)
 
 
 def _refine_item(item: tuple[np.ndarray, ...], settings: CRFSettings) -> np.ndarray:

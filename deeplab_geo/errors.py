@@ -56,3 +56,8 @@ class DatasetError(DeepLabGeoError, ValueError):
     """A training or evaluation dataset is missing files, empty, or holds unusable labels."""
 
     exit_code = 2
+
+
+class WorkerError(DeepLabGeoError, RuntimeError):
+    """A helper process (CRF, vectorizing) died twice on the same work, e.g. killed by the
+    out-of-memory killer."""

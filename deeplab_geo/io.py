@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
@@ -97,7 +98,7 @@ def writing(folder: Path) -> Iterator[None]:
         yield
     except OutputError:
         raise
-    except (OSError, RasterioError) as exc:
+    except (OSError, RasterioError, CPLE_BaseError) as exc:
         raise OutputError(f"{folder}: cannot write outputs ({write_failure_cause(folder, exc)}); "
                           "free some space or choose another output_dir") from None
 

@@ -2,6 +2,12 @@
 
 ``spawn`` (not ``fork``) is safe next to threaded libraries (torch, ONNX Runtime, GDAL, dask's
 thread pool): a forked child inherits locks that other threads may hold.
+
+Every pool of the package is a :class:`WorkerPool` and follows one recovery policy. A worker
+that dies (the out-of-memory killer, ``kill -9``) breaks its pool; the work it had is retried
+once in a new pool, and if it is lost again the caller gets one
+:class:`~deeplab_geo.errors.WorkerError`. Either way the next use of the pool starts a new one,
+so the next input, and the next run in the same process, work normally.
 """
 
 from __future__ import annotations
@@ -10,9 +16,13 @@ import ctypes
 import multiprocessing
 import signal
 import sys
+import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+from deeplab_geo.errors import WorkerError
 
 
 def die_with_parent() -> None:
@@ -39,6 +49,121 @@ def _start(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -
     die_with_parent()
     if initializer is not None:
         initializer(*initargs)
+
+
+_START_TIMEOUT_S = 120
+
+
+def _start_together(initializer: Callable[[], None] | None, ready: Any) -> None:
+    if initializer is not None:
+        initializer()
+    ready.wait(timeout=_START_TIMEOUT_S)
+
+
+class WorkerPool:
+    """A ``spawn`` process pool kept for the process's life and replaced when it breaks.
+
+    Args:
+        processes: worker processes.
+        initializer: run by each worker when it starts (imports, say).
+        warm: start every worker up front and wait until all have run ``initializer``, so the
+            first tasks do not wait for a start-up.
+
+    Use :func:`worker_pool` to share one pool per configuration.
+    """
+
+    def __init__(self, processes: int, initializer: Callable[[], None] | None = None, *,
+                 warm: bool = False) -> None:
+        self.processes, self._initializer, self._warm = processes, initializer, warm
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def executor(self) -> ProcessPoolExecutor:
+        """The running pool, started (or restarted after a worker died) if needed."""
+        with self._lock:
+            if self._executor is not None and not _healthy(self._executor):
+                _stop(self._executor)
+                self._executor = None
+            if self._executor is None:
+                self._executor = self._start()
+            return self._executor
+
+    def discard(self, executor: ProcessPoolExecutor) -> None:
+        """Forget ``executor`` after one of its workers died; the next use starts a new pool."""
+        with self._lock:
+            if self._executor is executor:
+                self._executor = None
+        _stop(executor)
+
+    def run(self, submit: Callable[[ProcessPoolExecutor, int], Future], count: int,
+            collect: Callable[[int, Future], Any] | None = None) -> list[Any]:
+        """Tasks ``0..count-1``, submitted in order by ``submit(executor, index)``; their
+        results (``collect(index, future)``, by default the future's result) in order.
+
+        Raises:
+            WorkerError: a worker died, and again in a new pool with the tasks not yet done.
+        """
+        collect = collect or (lambda _, future: future.result())
+        results: dict[int, Any] = {}
+        for attempt in range(2):
+            executor = self.executor()
+            try:
+                futures = {i: submit(executor, i) for i in range(count) if i not in results}
+                for index, future in futures.items():
+                    results[index] = collect(index, future)
+                return [results[i] for i in range(count)]
+            except BrokenProcessPool:
+                self.discard(executor)
+                if attempt:
+                    raise WorkerError(
+                        "a helper process died twice on the same work (killed, often by the "
+                        "out-of-memory killer); free memory, or use fewer processes "
+                        "(execution.crf_processes, vectorize.workers) or smaller tiles"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _start(self) -> ProcessPoolExecutor:
+        if not self._warm:
+            return spawn_pool(self.processes, self._initializer)
+        ready = multiprocessing.get_context("spawn").Barrier(self.processes)
+        pool = spawn_pool(self.processes, _start_together, (self._initializer, ready))
+        # Each submission starts a worker while none is idle; a worker's first task waits for
+        # its initializer, which waits until every worker has started.
+        for future in [pool.submit(int) for _ in range(self.processes)]:
+            future.result()
+        return pool
+
+
+def _healthy(executor: ProcessPoolExecutor) -> bool:
+    """Not broken, and none of its workers died since (a pool notices a death only later)."""
+    processes = getattr(executor, "_processes", None) or {}
+    return not getattr(executor, "_broken", False) and all(p.is_alive()
+                                                           for p in processes.values())
+
+
+def _stop(executor: ProcessPoolExecutor) -> None:
+    """Shut a broken pool down and kill its remaining workers: a worker killed while it held
+    the task queue's lock leaves the others blocked on it for good."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+
+
+_POOLS: dict[tuple[Any, ...], WorkerPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def worker_pool(processes: int, initializer: Callable[[], None] | None = None, *,
+                warm: bool = False) -> WorkerPool:
+    """The process's one :class:`WorkerPool` for these arguments (dask threads may ask at the
+    same time: one pool is made, not several)."""
+    key = (processes, initializer, warm)
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = WorkerPool(processes, initializer, warm=warm)
+        return _POOLS[key]
 
 
 def trim_heap() -> bool:

@@ -169,14 +169,24 @@ def downsample_nearest(rows: np.ndarray, nodata: int) -> np.ndarray:
 
 def downsample_average(rows: np.ndarray, nodata: int) -> np.ndarray:
     """The rounded mean of each 2x2 block's valid pixels (nodata where none is valid); odd last
-    rows and columns average what they have."""
+    rows and columns average what they have. Works through about a megapixel at a time."""
+    height, width = rows.shape
+    out = np.empty((-(-height // 2), -(-width // 2)), rows.dtype)
+    step = max(2, (1 << 20) // max(1, width) // 2 * 2)
+    for row in range(0, height, step):
+        part = _average_2x2(rows[row: row + step], nodata)
+        out[row // 2: row // 2 + len(part)] = part
+    return out
+
+
+def _average_2x2(rows: np.ndarray, nodata: int) -> np.ndarray:
     height, width = rows.shape
     padded = np.full((height + height % 2, width + width % 2), nodata, rows.dtype)
     padded[:height, :width] = rows
     valid = padded != nodata
     blocks = (padded.shape[0] // 2, 2, padded.shape[1] // 2, 2)
-    total = np.where(valid, padded, 0).astype(np.uint32).reshape(blocks).sum((1, 3))
-    count = valid.reshape(blocks).sum((1, 3))
+    total = np.where(valid, padded, 0).astype(np.uint16).reshape(blocks).sum((1, 3))
+    count = valid.reshape(blocks).sum((1, 3), dtype=np.uint16)
     mean = (total + count // 2) // np.maximum(count, 1)
     return np.where(count > 0, mean, nodata).astype(rows.dtype)
 

@@ -9,7 +9,9 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from deeplab_geo.hookspecs import hookimpl
 from deeplab_geo.models.checkpoint import ModelInfo, save_checkpoint
+from deeplab_geo.plugins import get_plugin_manager
 
 TINY_CLASSES = ["water", "land", "road"]
 TINY_COLOURS = [[0, 0, 255], [0, 160, 0], [128, 128, 128]]
@@ -80,3 +82,48 @@ def tiny_pipeline(tmp_path: Path, tiny_raster: Path, tiny_checkpoint: Path) -> P
         "crf: {iterations: 3}\n"
     )
     return path
+
+
+class PixelwisePredictor:
+    """Class = index of the brightest band; probability from a softmax over band values."""
+
+    info = ModelInfo(architecture="deeplabv3_lite_mobilenet_v3_small", num_classes=3,
+                     classes=["r", "g", "b"], colours=[[255, 0, 0], [0, 255, 0], [0, 0, 255]])
+
+    def __init__(self):
+        self.batch_sizes = []
+
+    def predict(self, tiles):
+        self.batch_sizes.append(len(tiles))
+        logits = tiles.astype(np.float32) / 16.0
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+
+class PixelwiseBackend:
+    name = "pixelwise"
+    description = "test backend: per-pixel argmax over bands"
+
+    def __init__(self):
+        self.predictor = PixelwisePredictor()
+
+    def load(self, checkpoint, *, device="auto"):
+        return self.predictor
+
+
+class PixelwisePlugin:
+    def __init__(self):
+        self.backend = PixelwiseBackend()
+
+    @hookimpl
+    def register_backends(self):
+        return [self.backend]
+
+
+@pytest.fixture
+def pixelwise():
+    pm = get_plugin_manager()
+    plugin = PixelwisePlugin()
+    pm.register(plugin, name="pixelwise-test")
+    yield plugin.backend
+    pm.unregister(plugin)

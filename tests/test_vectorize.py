@@ -11,9 +11,10 @@ from scipy import ndimage
 
 from deeplab_geo.config import VectorizeSettings
 from deeplab_geo.errors import InputError
+from deeplab_geo.processes import worker_pool
+from deeplab_geo.tiling import strip_bounds
 from deeplab_geo.vectorize import label_regions, polygonize, vectorize
 from deeplab_geo.vectorize.geometry import join_pieces
-from deeplab_geo.tiling import strip_bounds
 from deeplab_geo.vectorize.regions import iter_regions
 from tests.conftest import write_raster
 
@@ -280,7 +281,7 @@ def test_helper_processes_give_the_same_regions_in_the_same_order(tmp_path, monk
 
     serial = collect(1)
     monkeypatch.setattr(regions_module, "HELPER_MIN_PIXELS", 1)
-    regions_module._helper_pool(1).submit(int).result()  # started: it takes strips at once
+    worker_pool(1).executor().submit(int).result()  # started: it takes strips at once
     from_helper = []
     received = regions_module._received
     monkeypatch.setattr(regions_module, "_received",
@@ -307,7 +308,7 @@ def test_a_killed_helper_process_changes_nothing(tmp_path, monkeypatch):
 
     serial = collect()
     monkeypatch.setattr(regions_module, "HELPER_MIN_PIXELS", 1)
-    pool = regions_module._helper_pool(1)
+    pool = worker_pool(1).executor()
     pool.submit(int).result()
     for pid in list(pool._processes):  # the helper dies between two vectorize calls
         os.kill(pid, signal.SIGKILL)

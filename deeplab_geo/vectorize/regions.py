@@ -32,9 +32,7 @@ Polygons are in map coordinates; pieces are joined in pixel coordinates (see
 from __future__ import annotations
 
 import dataclasses
-import functools
 import multiprocessing
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -52,7 +50,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from deeplab_geo.errors import InputError
-from deeplab_geo.processes import spawn_pool
+from deeplab_geo.processes import worker_pool
 from deeplab_geo.stitch import Strip
 from deeplab_geo.tiling import strip_bounds
 from deeplab_geo.vectorize.geometry import (
@@ -289,13 +287,21 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
         for index in range(len(bounds)):
             yield here(index)
         return
+    helper_pool = worker_pool(helpers)
+    executor = helper_pool.executor()
     try:
-        pool: ProcessPoolExecutor | None = _helper_pool(helpers)
-        started = pool.submit(int)  # done once a helper is up: strips go to it from then on
+        started = executor.submit(int)  # done once a helper is up: strips go to it from then on
     except BrokenProcessPool:  # a helper of an earlier call died: start new ones
-        _drop_pool()
-        pool = _helper_pool(helpers)
-        started = pool.submit(int)
+        helper_pool.discard(executor)
+        executor = helper_pool.executor()
+        started = executor.submit(int)
+    pool: ProcessPoolExecutor | None = executor
+
+    def lost(index: int) -> _Strip:
+        """The strip computed here, its helper having died (the next call gets a new pool:
+        see :mod:`deeplab_geo.processes`)."""
+        helper_pool.discard(executor)
+        return here(index)
     paths = (classes.name, confidence.name if confidence is not None else None)
     pending: dict[int, Future] = {}
     ready: dict[int, _Strip] = {}
@@ -306,7 +312,7 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
             while index not in ready:
                 future = pending.get(index)
                 if future is not None and future.done():
-                    ready[index] = _received(future, lambda i=index: here(i))
+                    ready[index] = _received(future, lambda i=index: lost(i))
                     del pending[index]
                 elif (pool is not None and started.done() and len(pending) <= helpers
                       and cursor < len(bounds) and cursor - index < lookahead):
@@ -319,7 +325,7 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
                                                       pixel_areas[row0:row1])
                         cursor += 1
                     except BrokenProcessPool:  # go on without helpers
-                        _drop_pool()
+                        helper_pool.discard(executor)
                         pool = None
                     continue
                 elif future is None:
@@ -329,7 +335,7 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
                     ready[cursor] = here(cursor)
                     cursor += 1
                 else:
-                    ready[index] = _received(future, lambda i=index: here(i))
+                    ready[index] = _received(future, lambda i=index: lost(i))
                     del pending[index]
                 if any(len(s.label_class) > _DENSE_REGIONS for s in ready.values()):
                     lookahead = _DENSE_LOOKAHEAD
@@ -349,30 +355,11 @@ def _helpers_apply(classes: rasterio.DatasetReader, confidence: rasterio.Dataset
             and not multiprocessing.current_process().daemon)
 
 
-_POOL_LOCK = threading.Lock()
-
-
-def _helper_pool(processes: int) -> ProcessPoolExecutor:
-    with _POOL_LOCK:
-        return _cached_pool(processes)
-
-
-@functools.cache
-def _cached_pool(processes: int) -> ProcessPoolExecutor:
-    return spawn_pool(processes)
-
-
-def _drop_pool() -> None:
-    """Forget a pool whose helper died; the next call starts a new one."""
-    _cached_pool.cache_clear()
-
-
 def _received(future: Future, fallback: Callable[[], _Strip]) -> _Strip:
-    """A helper's strip, or the strip computed here if the helper process died."""
+    """A helper's strip, or ``fallback()`` if the helper process died."""
     try:
         strip = future.result()
     except BrokenProcessPool:
-        _drop_pool()
         return fallback()
     return dataclasses.replace(strip, geometry=shapely.from_wkb(strip.geometry))
 
@@ -407,11 +394,23 @@ def _compute_strip(classes: rasterio.DatasetReader, confidence: rasterio.Dataset
 def _strip_from_pixels(values: np.ndarray, valid: np.ndarray, confidence: np.ndarray | None,
                        scale: float, offset: float, connectivity: int, skip: tuple[int, ...],
                        pixel_areas: np.ndarray, transform: Affine) -> _Strip:
-    """Label and trace one strip (``transform``: of its first row)."""
+    """Label and trace one strip (``transform``: of its first row).
+
+    Only the columns between the first and the last valid pixel are labelled, so a mostly
+    empty strip costs what its data costs.
+    """
     for cls in skip:
         valid &= values != cls
-    if not valid.any():
+    columns = np.flatnonzero(valid.any(0))
+    if not len(columns):
         return _empty_strip(values.shape[1])
+    width = values.shape[1]
+    first, stop = int(columns[0]), int(columns[-1]) + 1
+    if (first, stop) != (0, width):
+        cut = slice(first, stop)
+        values, valid = values[:, cut], valid[:, cut]
+        confidence = None if confidence is None else confidence[:, cut]
+        transform = transform * Affine.translation(first, 0)
     regions = label_regions(values, valid, connectivity)
     pixel_count = regions.pixel_count()
     if np.all(pixel_areas == pixel_areas[0]):
@@ -423,9 +422,10 @@ def _strip_from_pixels(values: np.ndarray, valid: np.ndarray, confidence: np.nda
     else:
         confidence_sum = np.zeros(regions.count + 1)
     geometry = _trace(regions, pixel_count, transform)
-    labels = regions.labels
-    return _Strip(labels[0].copy(), labels[-1].copy(), values[0].copy(), values[-1].copy(),
-                  regions.label_class, geometry, pixel_count, area, confidence_sum)
+    edges = np.zeros((4, width), np.int64)  # first and last rows' labels and classes
+    edges[:, first:stop] = (regions.labels[0], regions.labels[-1], values[0], values[-1])
+    return _Strip(edges[0], edges[1], edges[2], edges[3], regions.label_class, geometry,
+                  pixel_count, area, confidence_sum)
 
 
 def _empty_strip(width: int) -> _Strip:

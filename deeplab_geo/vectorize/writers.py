@@ -33,6 +33,7 @@ import shapely
 from pyproj import CRS
 
 from deeplab_geo.errors import OutputError
+from deeplab_geo.io import write_failure_cause
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".geojson": "GeoJSON", ".json": "GeoJSON",
            ".parquet": "GeoParquet"}
@@ -118,9 +119,9 @@ def write_features(batches: Iterable[FeatureBatch], path: Path, *, schema: pa.Sc
         if failure:  # the features failed, not the writer: raise that error as it was
             raise failure[0] from None
         if isinstance(exc, _WRITE_ERRORS):
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise OutputError(f"{path}: cannot write polygons ({reason}); check the folder is "
-                              "writable and has space") from None
+            raise OutputError(f"{path}: cannot write polygons "
+                              f"({write_failure_cause(path.parent, exc)}); free some space or "
+                              "choose another output folder") from None
         raise
 
 

@@ -1,0 +1,267 @@
+"""The execution layer at its edges: a slow writer, a raster far larger than memory, a full
+disk, and worker processes that die."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import tracemalloc
+import weakref
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from deeplab_geo import pipeline as pipeline_module
+from deeplab_geo.cli import main
+from deeplab_geo.config import CRFSettings, validate_pipeline
+from deeplab_geo.errors import WorkerError
+from deeplab_geo.pipeline import run
+from deeplab_geo.processes import worker_pool
+from deeplab_geo.stitch import StripAssembler
+from tests.conftest import write_raster
+
+SCENE = 256
+
+
+def config(tmp_path, raster, **sections):
+    return validate_pipeline({
+        "input": str(raster), "output_dir": str(tmp_path / "out"),
+        "model": {"backend": "pixelwise", "batch_size": 2},
+        "tiling": {"tile_size": 32, "overlap": 8}, "crf": {"enabled": False},
+        "quicklook": False, **sections,
+    })
+
+
+@pytest.fixture
+def scene(tmp_path):
+    image = np.random.default_rng(0).integers(0, 255, (3, SCENE, SCENE), dtype=np.uint8)
+    return write_raster(tmp_path / "scene.tif", image)
+
+
+_COMPUTE = pipeline_module.process_batch
+_COUNTER_LOCK = threading.Lock()
+
+
+class PendingResults:
+    """Counts batch results that exist (computed, not yet released after being handed on).
+
+    The counting function is a module-level function over a module-level counter, so that a
+    dask.distributed client can pickle it (by reference) for workers in this process.
+    """
+
+    current = None
+
+    def __init__(self, monkeypatch):
+        self.alive = self.peak = self.batches = 0
+        PendingResults.current = self
+        monkeypatch.setattr(pipeline_module, "process_batch", counted_process_batch)
+
+    def computed(self):
+        with _COUNTER_LOCK:
+            self.alive += 1
+            self.batches += 1
+            self.peak = max(self.peak, self.alive)
+
+    def released(self):
+        with _COUNTER_LOCK:
+            self.alive -= 1
+
+
+def counted_process_batch(job):
+    cores = _COMPUTE(job)
+    counter = PendingResults.current
+    counter.computed()
+    weakref.finalize(cores[0][0], counter.released)
+    return cores
+
+
+def slow_writer(monkeypatch, seconds=0.01):
+    """Handing a tile on to the writer takes ``seconds``: the writer is the slow side."""
+    add = StripAssembler.add
+
+    def slow(self, tile, core):
+        time.sleep(seconds)
+        return add(self, tile, core)
+
+    monkeypatch.setattr(StripAssembler, "add", slow)
+
+
+def test_pending_results_stay_bounded_with_a_slow_writer(tmp_path, scene, pixelwise, monkeypatch):
+    pending = PendingResults(monkeypatch)
+    slow_writer(monkeypatch)
+    run(config(tmp_path, scene, execution={"in_flight": 3, "workers": 2}))
+    assert pending.batches > 30  # 121 tiles in batches of 2
+    assert pending.peak <= 3 + 1  # in flight, plus one being released
+
+
+def test_pending_results_stay_bounded_on_a_cluster(tmp_path, scene, pixelwise, monkeypatch):
+    """A dask.distributed cluster whose workers are threads of this process (so the test
+    backend and the counter reach them)."""
+    from distributed import LocalCluster
+
+    pending = PendingResults(monkeypatch)
+    slow_writer(monkeypatch)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster:
+        run(config(tmp_path, scene, cluster={"address": cluster.scheduler_address},
+                   execution={"in_flight": 3}))
+    assert pending.batches > 30
+    assert pending.peak <= 3 + 1
+
+
+def test_in_flight_moved_from_cluster_to_execution(tmp_path, scene):
+    from deeplab_geo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="write execution.in_flight instead"):
+        config(tmp_path, scene, cluster={"local_workers": 2, "in_flight": 2})
+
+
+def mostly_nodata_vrt(tmp_path, size, data=64):
+    """A ``size`` x ``size`` VRT whose only source is a ``data`` px GeoTIFF in its corner."""
+    image = np.random.default_rng(3).integers(1, 255, (3, data, data), dtype=np.uint8)
+    corner = write_raster(tmp_path / "corner.tif", image, nodata=0)
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue>'
+        f'<SimpleSource><SourceFilename relativeToVRT="1">corner.tif</SourceFilename>'
+        f'<SourceBand>{b}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{data}" '
+        f'ySize="{data}"/><DstRect xOff="0" yOff="0" xSize="{data}" ySize="{data}"/>'
+        f"</SimpleSource></VRTRasterBand>" for b in (1, 2, 3))
+    with rasterio.open(corner) as ds:
+        crs, transform = ds.crs.to_wkt(), ds.transform.to_gdal()
+    path = tmp_path / "mosaic.vrt"
+    path.write_text(f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>{crs}</SRS>'
+                    f"<GeoTransform>{', '.join(map(repr, transform))}</GeoTransform>{bands}"
+                    "</VRTDataset>")
+    return path, image
+
+
+def test_mostly_nodata_raster_far_larger_than_memory(tmp_path, pixelwise):
+    """50,000 x 50,000 px (2.5 Gpx: 5 GB as uint8 class and confidence arrays) with data in a
+    64 px corner: memory, disk and inference scale with the data, not the extent."""
+    size = 50_000
+    vrt, image = mostly_nodata_vrt(tmp_path, size)
+    tracemalloc.start()
+    try:
+        result = run(config(tmp_path, vrt, model={"backend": "pixelwise", "batch_size": 4},
+                            tiling={"tile_size": 1024, "overlap": 64}))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 300 * 2**20, f"peak {peak / 2**20:.0f} MB of arrays"
+    assert pixelwise.predictor.batch_sizes == [1]  # one tile holds data
+    with rasterio.open(result.outputs["classes"]) as ds:
+        assert (ds.width, ds.height) == (size, size)
+        assert (ds.read(1, window=((0, 64), (0, 64))) == image.argmax(0)).all()
+        assert (ds.read(1, window=((size - 64, size), (size - 64, size))) == 255).all()
+        assert len(ds.overviews(1)) == 7
+    for key in ("classes", "confidence", "polygons"):
+        assert result.outputs[key].stat().st_size < 5 * 2**20  # sparse: blocks of data only
+    assert result.report["polygons"] > 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 320 KB tmpfs; skipped where mounting is impossible (not root, say)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("size", [512, 1024])
+def test_a_full_disk_is_one_line_exit_3_and_leaves_nothing(tmp_path, small_disk, pixelwise,
+                                                          size):
+    """512 px: the polygons no longer fit; 1024 px: the class raster's blocks no longer fit."""
+    image = np.random.default_rng(4).integers(0, 255, (3, size, size), dtype=np.uint8)
+    raster = write_raster(tmp_path / "noisy.tif", image)
+    out = small_disk / "out"
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"input: {raster}\noutput_dir: {out}\n"
+                        "model: {backend: pixelwise}\ncrf: {enabled: false}\n")
+    result = CliRunner().invoke(main, ["run", str(pipeline), "--quiet"])
+    assert result.exit_code == 3, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert str(small_disk) in lines[0] and "no space left on device" in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def _die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_pool_whose_worker_was_killed_is_replaced():
+    pool = worker_pool(2)
+    first = pool.executor()
+    assert first.submit(int, "7").result() == 7
+    for process in list(first._processes.values()):
+        process.kill()
+        process.join()
+    assert pool.run(lambda executor, i: executor.submit(int, str(i)), 4) == [0, 1, 2, 3]
+    assert pool.executor() is not first
+
+
+def test_work_lost_twice_is_one_worker_error_and_the_pool_recovers():
+    pool = worker_pool(1)
+    with pytest.raises(WorkerError, match="died twice .* out-of-memory killer"):
+        pool.run(lambda executor, i: executor.submit(_die), 1)
+    assert pool.run(lambda executor, i: executor.submit(int, "3"), 1) == [3]
+
+
+def test_crf_worker_killed_during_refinement_changes_nothing():
+    from deeplab_geo import crf
+    from tests.test_crf import blurred_boundary
+
+    image, probs = blurred_boundary(width=384, height=384, edge=192, predicted_edge=170)
+    items = [(probs, image), (probs[::-1].copy(), image)] * 4
+    settings = CRFSettings(iterations=10)
+    started = time.perf_counter()
+    serial = crf.refine_many(items, settings, processes=1)
+    seconds = time.perf_counter() - started
+    executor = crf.start_pool(2)
+    victim = next(iter(executor._processes))
+    killer = threading.Timer(seconds / 8, os.kill, (victim, signal.SIGKILL))  # mid-run
+    killer.start()
+    refined = crf.refine_many(items, settings, processes=2)
+    killer.join()
+    assert all(np.array_equal(a, b) for a, b in zip(serial, refined))
+    assert crf.start_pool(2) is not executor  # replaced
+    again = crf.refine_many(items, settings, processes=2)  # and the next call works
+    assert all(np.array_equal(a, b) for a, b in zip(serial, again))
+
+
+class KillCrfWorkerOnFirstBatch:
+    """A progress bar that SIGKILLs one CRF worker when the first batch has been written."""
+
+    def __init__(self, total):
+        self.total, self.done, self.killed = total, 0, False
+
+    def update(self, n):
+        if not self.killed:
+            from deeplab_geo import crf
+
+            os.kill(next(iter(crf.start_pool(2)._processes)), signal.SIGKILL)
+            self.killed = True
+        self.done += n
+
+    def close(self):
+        pass
+
+
+def test_run_goes_on_when_a_crf_worker_is_killed(tmp_path, pixelwise):
+    image = np.random.default_rng(5).integers(0, 255, (3, 96, 96), dtype=np.uint8)
+    raster = write_raster(tmp_path / "crf.tif", image)
+    sections = {"crf": {"iterations": 3}, "execution": {"crf_processes": 2},
+                "vectorize": {"enabled": False}}
+    reference = run(config(tmp_path / "a", raster, **sections))
+    killed = run(config(tmp_path / "b", raster, **sections), progress=KillCrfWorkerOnFirstBatch)
+    with rasterio.open(reference.outputs["classes"]) as a, \
+            rasterio.open(killed.outputs["classes"]) as b:
+        assert (a.read(1) == b.read(1)).all()
