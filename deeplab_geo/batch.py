@@ -49,7 +49,7 @@ from typing import Any
 import deeplab_geo
 from deeplab_geo.config import PipelineConfig
 from deeplab_geo.errors import DeepLabGeoError, InputError, OutputError
-from deeplab_geo.io import writing
+from deeplab_geo.io import STAGING_PREFIX, writing
 from deeplab_geo.models.checkpoint import metadata_path, resolve
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
 MANIFEST = "manifest.json"
 MERGED = "merged.gpkg"
-STAGING_PREFIX = ".deeplab-geo-"
 _MANIFEST_FORMAT = "deeplab-geo-manifest/1"
 # keys that change where or how fast a run happens, not what it produces
 _NOT_HASHED = ("input", "output_dir", "execution", "cluster", "batch")

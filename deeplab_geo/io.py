@@ -21,7 +21,10 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from deeplab_geo.errors import InputError, OutputError, RasterReadError
+from deeplab_geo.errors import DeepLabGeoError, InputError, OutputError, RasterReadError
+
+STAGING_PREFIX = ".deeplab-geo-"
+"""Name prefix of the hidden folder a run's outputs are staged in (see :func:`staged_outputs`)."""
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
@@ -92,15 +95,22 @@ def writing(folder: Path) -> Iterator[None]:
     :class:`~deeplab_geo.errors.OutputError` that names the folder and the cause.
 
     GDAL reports a failed write without its ``errno`` ("Write failed"), so a disk with less
-    than a few MB free is named as the cause ("no space left on device").
+    than a few MB free is named as the cause ("no space left on device"). A staging folder is
+    named by the output directory that holds it.
     """
     try:
         yield
-    except OutputError:
+    except DeepLabGeoError:
         raise
     except (OSError, RasterioError, CPLE_BaseError) as exc:
-        raise OutputError(f"{folder}: cannot write outputs ({write_failure_cause(folder, exc)}); "
-                          "free some space or choose another output_dir") from None
+        raise OutputError(f"{user_folder(folder)}: cannot write outputs "
+                          f"({write_failure_cause(folder, exc)}); free some space or choose "
+                          "another output_dir") from None
+
+
+def user_folder(folder: Path) -> Path:
+    """The folder to name in messages: a staging folder's output directory, or ``folder``."""
+    return folder.parent if folder.name.startswith(STAGING_PREFIX) else folder
 
 
 def write_failure_cause(folder: Path, exc: BaseException) -> str:
@@ -124,7 +134,7 @@ def staged_outputs(output_dir: Path) -> Iterator[Path]:
     """
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".deeplab-geo-", dir=output_dir))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
     except OSError as exc:
         raise OutputError(f"{output_dir}: cannot create output directory ({exc.strerror}); "
                           "choose a writable output_dir") from None

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -24,7 +28,12 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         previous = _terminate_as_interrupt()
         try:
-            return func(*args, **kwargs)
+            with _native_messages_held() as drop:
+                try:
+                    return func(*args, **kwargs)
+                except DeepLabGeoError:
+                    drop()
+                    raise
         except DeepLabGeoError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -37,6 +46,42 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+@contextmanager
+def _native_messages_held() -> Iterator[Callable[[], None]]:
+    """Hold what C libraries (GDAL, libtiff, SQLite) print on the process's stderr while a
+    command runs, and show it afterwards, unless the command calls the yielded ``drop()``
+    because it reports the failure in one line of its own (a full disk makes GDAL print
+    several). Python's own stderr (progress, messages) goes to the terminal as usual.
+    """
+    try:
+        sys.stderr.flush()
+        python_on_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        python_on_fd2 = False
+    dropped = []
+    held = tempfile.TemporaryFile()
+    terminal = os.dup(2)
+    os.dup2(held.fileno(), 2)
+    previous = sys.stderr
+    if python_on_fd2:
+        sys.stderr = open(os.dup(terminal), "w", buffering=1, encoding=previous.encoding,
+                          errors=previous.errors)
+    try:
+        yield lambda: dropped.append(True)
+    finally:
+        if python_on_fd2:
+            sys.stderr.close()
+            sys.stderr = previous
+        os.dup2(terminal, 2)
+        os.close(terminal)
+        held.seek(0)
+        messages = held.read()
+        held.close()
+        if messages and not dropped:
+            sys.stderr.flush()
+            os.write(2, messages)
 
 
 def _terminate_as_interrupt() -> Any:

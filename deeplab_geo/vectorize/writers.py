@@ -33,7 +33,7 @@ import shapely
 from pyproj import CRS
 
 from deeplab_geo.errors import OutputError
-from deeplab_geo.io import write_failure_cause
+from deeplab_geo.io import user_folder, write_failure_cause
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".geojson": "GeoJSON", ".json": "GeoJSON",
            ".parquet": "GeoParquet"}
@@ -119,7 +119,7 @@ def write_features(batches: Iterable[FeatureBatch], path: Path, *, schema: pa.Sc
         if failure:  # the features failed, not the writer: raise that error as it was
             raise failure[0] from None
         if isinstance(exc, _WRITE_ERRORS):
-            raise OutputError(f"{path}: cannot write polygons "
+            raise OutputError(f"{user_folder(path.parent)}: cannot write polygons "
                               f"({write_failure_cause(path.parent, exc)}); free some space or "
                               "choose another output folder") from None
         raise
