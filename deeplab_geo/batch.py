@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import deeplab_geo
+from deeplab_geo.checkpoints import metadata_path, resolve
 from deeplab_geo.config import PipelineConfig
 from deeplab_geo.errors import DeepLabGeoError, InputError, OutputError
 from deeplab_geo.io import STAGING_PREFIX, writing
-from deeplab_geo.models.checkpoint import metadata_path, resolve
 
 log = logging.getLogger(__name__)
 

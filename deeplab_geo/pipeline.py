@@ -323,14 +323,15 @@ def process_batch(job: _TileJob) -> list[TileCore]:
             cores.append(None)
             continue
         rows, cols = tile.core_slices
-        core_valid = valid[rows, cols]
+        nodata = ~valid[rows, cols]
         p = probs.pop(i)[:, rows, cols]
-        classes = p.argmax(0).astype(np.uint8)
-        classes[~core_valid] = CLASS_NODATA
+        best = p.argmax(0)
+        classes = best.astype(np.uint8)
+        classes[nodata] = CLASS_NODATA
         confidence = None
         if job.confidence:
-            confidence = confidence_percent(p.max(0))
-            confidence[~core_valid] = CONFIDENCE_NODATA
+            confidence = confidence_percent(np.take_along_axis(p, best[None], 0)[0])
+            confidence[nodata] = CONFIDENCE_NODATA
         cores.append((classes, confidence))
     return cores
 
@@ -414,14 +415,18 @@ class _Background:
 def _report(config: PipelineConfig, profile: dict, grid: list[tiling.Tile], counts: np.ndarray,
             class_names: list[str], timings: dict[str, float],
             polygon_count: int | None) -> dict[str, Any]:
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = None
     pixels = int(profile["width"]) * int(profile["height"])
     return {
         "config": json.loads(config.model_dump_json()),
         "versions": {
             "deeplab_geo": deeplab_geo.__version__, "python": platform.python_version(),
-            "torch": torch.__version__, "rasterio": rasterio.__version__,
+            "torch": torch_version, "rasterio": rasterio.__version__,
             "gdal": rasterio.__gdal_version__, "dask": dask.__version__,
         },
         "raster": {"width": profile["width"], "height": profile["height"],

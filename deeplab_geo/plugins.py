@@ -10,6 +10,7 @@ from typing import Any
 import pluggy
 
 from deeplab_geo import hookspecs
+from deeplab_geo.devices import cuda_device_count
 from deeplab_geo.errors import BackendError
 
 ENTRY_POINT_GROUP = "deeplab_geo"
@@ -67,9 +68,7 @@ AUTO = "auto"
 def device_type(device: str) -> str:
     """``"cuda"`` or ``"cpu"`` for a ``model.device`` value (``auto``: CUDA when usable)."""
     if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if cuda_device_count() > 0 else "cpu"
     return device.split(":", 1)[0]
 
 

@@ -53,8 +53,11 @@ or ``None`` for a core that is entirely nodata."""
 
 
 def confidence_percent(probability: np.ndarray) -> np.ndarray:
-    """Probabilities (0..1) as the stored uint8 percent."""
-    return np.rint(np.clip(probability, 0.0, 1.0) * 100.0).astype(np.uint8)
+    """Probabilities (0..1) as the stored uint8 percent, rounded to the nearest."""
+    percent = np.multiply(probability, 100.0, dtype=np.float32)
+    percent += 0.5
+    np.clip(percent, 0.0, 100.0, out=percent)
+    return percent.astype(np.uint8)
 
 
 @dataclass(frozen=True)

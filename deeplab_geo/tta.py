@@ -13,8 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
 from deeplab_geo.config import TTASettings
 
@@ -23,8 +21,10 @@ def predict(predictor: Any, tiles: np.ndarray, settings: TTASettings) -> np.ndar
     """Class probabilities ``(B, C, H, W)`` for raw tiles ``(B, bands, H, W)`` with TTA."""
     if settings.scales == [1.0] and not settings.flip:
         return predictor.predict(tiles)
+    import torch  # only augmented predictions need it (a run on ONNX Runtime may have none)
+
     size = tiles.shape[-2:]
-    fused: torch.Tensor | None = None
+    fused = None
     for scale in settings.scales:
         scaled = _resize(torch.from_numpy(np.asarray(tiles, np.float32)), scale=scale)
         probs = torch.from_numpy(predictor.predict(scaled.numpy()))
@@ -43,8 +43,10 @@ def predict(predictor: Any, tiles: np.ndarray, settings: TTASettings) -> np.ndar
     return fused.numpy()
 
 
-def _resize(x: torch.Tensor, *, scale: float | None = None,
-            size: tuple[int, int] | None = None) -> torch.Tensor:
+def _resize(x: Any, *, scale: float | None = None,
+            size: tuple[int, int] | None = None) -> Any:
+    from torch.nn import functional as F
+
     if size is None:
         size = (max(1, round(x.shape[-2] * scale)), max(1, round(x.shape[-1] * scale)))
     if tuple(x.shape[-2:]) == tuple(size):

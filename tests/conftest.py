@@ -17,6 +17,17 @@ TINY_CLASSES = ["water", "land", "road"]
 TINY_COLOURS = [[0, 0, 255], [0, 160, 0], [128, 128, 128]]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Exports made by tests go to a cache of their own, not the user's."""
+    import os
+    import shutil
+    import tempfile
+
+    cache = tempfile.mkdtemp(prefix="deeplab-geo-test-cache-")
+    os.environ["DEEPLAB_GEO_CACHE"] = cache
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 

@@ -123,6 +123,45 @@ def test_export_onnx_and_onnx_backend_agree_with_torch(tiny_checkpoint, tmp_path
     assert (from_file.argmax(1) == reference.argmax(1)).mean() >= 0.999
 
 
+def test_a_batch_split_across_sessions_equals_one_session(tiny_checkpoint):
+    predictor = get_backend("onnx").load(str(tiny_checkpoint), device="cpu")
+    x = tiles(2, (5, 3, 40, 48))
+    whole = onnx._run(predictor._whole, x)
+    assert predictor.streams == min(onnx.MAX_STREAMS, onnx.cpu_cores())
+    assert np.abs(predictor.predict(x) - whole).max() < 1e-5
+    assert np.abs(predictor.predict(x[:1]) - whole[:1]).max() < 1e-5
+
+
+def test_exports_are_cached_so_later_runs_never_import_torch(tiny_checkpoint, tmp_path):
+    """The first load exports the checkpoint (torch); a later process loads the cached export
+    without torch, and a changed checkpoint is exported again."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from deeplab_geo.plugins import get_backend; "
+            f"get_backend('onnx').load({str(tiny_checkpoint)!r}, device='cpu'); "
+            "print(json.dumps('torch' in sys.modules))")
+    env = {**__import__("os").environ, "DEEPLAB_GEO_CACHE": str(tmp_path / "cache")}
+
+    def torch_imported():
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert torch_imported()  # exported
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    assert not torch_imported()  # loaded from the cache
+    meta = tiny_checkpoint.with_suffix(".json")
+    original = meta.read_text()
+    try:
+        meta.write_text(original.replace('"land"', '"ground"'))
+        assert torch_imported()  # another checkpoint content: exported again
+    finally:
+        meta.write_text(original)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2
+
+
 def test_export_onnx_refuses_other_suffixes(tiny_checkpoint, tmp_path):
     result = CliRunner().invoke(main, ["export-onnx", str(tiny_checkpoint),
                                        "--out", str(tmp_path / "m.bin")])

@@ -3,23 +3,28 @@
 On CUDA it runs under autocast (bfloat16 where supported, else float16) with channels-last
 tensors, pinned host memory and non-blocking copies. On CPU it runs fp32 with channels-last,
 which more than doubles the throughput of MobileNet-style models on this kind of machine.
-Models are cached per (checkpoint, device): each process loads a model once.
+Models are cached per (checkpoint, device): each process loads a model once. torch is imported
+when a model is loaded, not when the backend is registered, so runs on other backends never
+pay for it.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
-import torch
 
+from deeplab_geo.checkpoints import ModelInfo, resolve
 from deeplab_geo.errors import BackendError
 from deeplab_geo.hookspecs import hookimpl
-from deeplab_geo.models.checkpoint import ModelInfo, load_checkpoint, resolve
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks the first CUDA device when one is usable, else the CPU."""
+def resolve_device(device: str) -> Any:
+    """The ``torch.device`` for a ``model.device`` value: ``auto`` picks the first CUDA device
+    when one is usable, else the CPU."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -31,7 +36,9 @@ def resolve_device(device: str) -> torch.device:
 class TorchPredictor:
     """A loaded model that turns raw tiles into class probabilities."""
 
-    def __init__(self, model: torch.nn.Module, info: ModelInfo, device: torch.device) -> None:
+    def __init__(self, model: Any, info: ModelInfo, device: Any) -> None:
+        import torch
+
         self.info = info
         self.device = device
         self.model = model.to(device, memory_format=torch.channels_last).eval()
@@ -48,6 +55,8 @@ class TorchPredictor:
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         """Class probabilities ``(B, C, H, W)`` float32 for raw tiles ``(B, bands, H, W)``."""
+        import torch
+
         if tiles.ndim != 4 or tiles.shape[1] != self.info.in_channels:
             raise BackendError(f"expected tiles of shape (B, {self.info.in_channels}, H, W), "
                                f"got {tiles.shape}")
@@ -78,6 +87,10 @@ class TorchBackend:
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(weights: str, device: str) -> TorchPredictor:
+    import torch
+
+    from deeplab_geo.models.checkpoint import load_checkpoint
+
     model, info = load_checkpoint(weights)
     return TorchPredictor(model, info, torch.device(device))
 

@@ -99,9 +99,9 @@ def pipeline(pipeline: Path, labels: Path, crf_mode: str, overrides: tuple[str, 
              class_field: str, layer: str | None, json_path: Path | None,
              md_path: Path | None) -> None:
     """Run PIPELINE's model on its input and score the class map against LABELS."""
+    from deeplab_geo.checkpoints import read_info
     from deeplab_geo.config import load_pipeline
     from deeplab_geo.evaluate import evaluate_pipeline
-    from deeplab_geo.models.checkpoint import read_info
 
     config = load_pipeline(pipeline, parse_overrides(overrides))
     names = read_info(config.model.checkpoint).classes

@@ -1,38 +1,80 @@
 """ONNX Runtime backend for deeplab-geo (the ``onnx`` backend).
 
 The model graph (from ``deeplab-geo export-onnx``) takes raw pixels and returns probabilities,
-so a predictor is a thin wrapper around an ``InferenceSession``. Sessions are cached per
-(checkpoint, device): each process builds one once.
+so a predictor is a thin wrapper around ONNX Runtime sessions. A ``.safetensors`` or ``.pth``
+checkpoint is exported to ONNX once and kept in the cache folder (see
+:func:`deeplab_geo.export.cached_onnx`), so later runs load it without importing torch.
+
+On the CPU, ONNX Runtime's threads inside one operator leave much of a core idle on the small
+convolutions of MobileNet-style models; a batch is therefore split across ``streams`` sessions
+of ``threads`` intra-op threads each, which run at the same time (about 1.25x the throughput of
+one session using every core, measured on 2 cores). A batch of one tile uses one session with
+every core. Sessions are cached per (checkpoint, device): each process builds them once.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from deeplab_geo.checkpoints import ModelInfo, read_info, resolve
 from deeplab_geo.errors import BackendError
-from deeplab_geo.export import export_onnx_bytes
 from deeplab_geo.hookspecs import hookimpl
-from deeplab_geo.models.checkpoint import ModelInfo, read_info, resolve
 
 __version__ = "0.1.0"
 
+MAX_STREAMS = 4
+"""At most this many sessions share a batch (each holds its own copy of the weights)."""
+
 
 class OnnxPredictor:
-    """An ONNX Runtime session turning raw tiles into class probabilities."""
+    """ONNX Runtime sessions turning raw tiles into class probabilities.
 
-    def __init__(self, session: ort.InferenceSession, info: ModelInfo) -> None:
-        self.session, self.info = session, info
+    Args:
+        make_session: builds a session with a given number of intra-op threads.
+        info: the model's metadata.
+        cores: CPU cores to use; ``None`` for a GPU session (one session, no splitting).
+    """
+
+    def __init__(self, make_session, info: ModelInfo, cores: int | None) -> None:
+        self.info = info
+        self._make_session = make_session
+        self.streams = 1 if cores is None else max(1, min(MAX_STREAMS, cores))
+        self.threads = None if cores is None else max(1, cores // self.streams)
+        self._whole = make_session(cores)
+        self._parts: list[ort.InferenceSession] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         if tiles.ndim != 4 or tiles.shape[1] != self.info.in_channels:
             raise BackendError(f"expected tiles of shape (B, {self.info.in_channels}, H, W), "
                                f"got {tiles.shape}")
         pixels = np.ascontiguousarray(tiles, dtype=np.float32)
-        return self.session.run(["probabilities"], {"pixels": pixels})[0]
+        if self.streams == 1 or len(pixels) == 1:
+            return _run(self._whole, pixels)
+        sessions, pool = self._split_sessions()
+        parts = np.array_split(pixels, min(len(sessions), len(pixels)))
+        futures = [pool.submit(_run, session, np.ascontiguousarray(part))
+                   for session, part in zip(sessions, parts)]
+        return np.concatenate([future.result() for future in futures])
+
+    def _split_sessions(self) -> tuple[list[ort.InferenceSession], ThreadPoolExecutor]:
+        with self._lock:
+            if not self._parts:
+                self._parts = [self._make_session(self.threads) for _ in range(self.streams)]
+                self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="onnx")
+            return self._parts, self._pool
+
+
+def _run(session: ort.InferenceSession, pixels: np.ndarray) -> np.ndarray:
+    return session.run(["probabilities"], {"pixels": pixels})[0]
 
 
 class OnnxBackend:
@@ -59,22 +101,36 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cached(checkpoint: str, device: str) -> OnnxPredictor:
     if checkpoint.endswith(".onnx"):
-        info = read_info(checkpoint)
-        model: bytes | str = checkpoint
+        model, info = checkpoint, read_info(checkpoint)
     else:
-        model, info = export_onnx_bytes(checkpoint)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        session = ort.InferenceSession(model, sess_options=options,
-                                       providers=providers_for(device))
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        raise BackendError(f"{Path(checkpoint).name}: ONNX Runtime cannot load the model "
-                           f"({str(exc).splitlines()[0]})") from None
-    return OnnxPredictor(session, info)
+        from deeplab_geo.export import cached_onnx
+
+        model, info = cached_onnx(checkpoint)
+    providers = providers_for(device)
+
+    def make_session(threads: int | None) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            return ort.InferenceSession(model, sess_options=options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise BackendError(f"{Path(checkpoint).name}: ONNX Runtime cannot load the model "
+                               f"({str(exc).splitlines()[0]})") from None
+
+    on_gpu = providers[0] != "CPUExecutionProvider"
+    return OnnxPredictor(make_session, info, None if on_gpu else cpu_cores())
 
 
 @hookimpl

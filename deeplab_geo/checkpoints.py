@@ -1,0 +1,104 @@
+"""Checkpoint references and metadata: what a model is, without loading it (no torch needed).
+
+A checkpoint ``model.safetensors`` comes with ``model.json`` beside it::
+
+    {"format": "deeplab-geo/1", "architecture": "deeplabv3_lite_mobilenet_v3_small",
+     "num_classes": 6, "in_channels": 3, "output_stride": 8,
+     "classes": ["water", ...], "colours": [[31, 120, 180], ...],
+     "normalization": {"scale": 255.0, "mean": [...], "std": [...]},
+     "options": {}, "training": {...}}
+
+Inputs are normalised as ``(pixel / scale - mean) / std`` per band. ``builtin:<name>`` names a
+checkpoint shipped inside the package (``deeplab_geo/weights``). Loading and saving weights is
+:mod:`deeplab_geo.models.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deeplab_geo.errors import CheckpointError
+
+FORMAT = "deeplab-geo/1"
+BUILTIN_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Everything needed to rebuild a model and interpret its outputs."""
+
+    architecture: str
+    num_classes: int
+    classes: list[str]
+    colours: list[list[int]]
+    in_channels: int = 3
+    output_stride: int = 8
+    normalization: dict[str, Any] = field(
+        default_factory=lambda: {"scale": 255.0, "mean": [0.485, 0.456, 0.406],
+                                 "std": [0.229, 0.224, 0.225]})
+    options: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.classes) != self.num_classes or len(self.colours) != self.num_classes:
+            raise CheckpointError(
+                f"metadata lists {len(self.classes)} classes and {len(self.colours)} colours "
+                f"for num_classes={self.num_classes}; make them agree")
+        norm = self.normalization
+        if len(norm.get("mean", [])) != self.in_channels or len(norm.get("std", [])) != \
+                self.in_channels:
+            raise CheckpointError(
+                f"normalization needs one mean and std per band ({self.in_channels} bands)")
+
+    def build(self) -> Any:
+        """A freshly initialised model (a ``torch.nn.Module``) of this architecture."""
+        from deeplab_geo import models
+
+        try:
+            return models.build(self.architecture, num_classes=self.num_classes,
+                                in_channels=self.in_channels, output_stride=self.output_stride,
+                                **self.options)
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint metadata: {exc}") from None
+
+
+def resolve(checkpoint: str | Path) -> Path:
+    """The weights file a checkpoint reference points to (``builtin:`` names included)."""
+    text = str(checkpoint)
+    if text.startswith("builtin:"):
+        name = text.removeprefix("builtin:")
+        path = BUILTIN_DIR / f"{name}.safetensors"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in BUILTIN_DIR.glob("*.safetensors"))
+            raise CheckpointError(
+                f"no built-in checkpoint '{name}'; shipped: {', '.join(shipped) or 'none'}")
+        return path
+    return Path(text)
+
+
+def metadata_path(weights: Path) -> Path:
+    return weights.with_suffix(".json")
+
+
+def read_info(checkpoint: str | Path) -> ModelInfo:
+    """Read and validate a checkpoint's metadata without loading its weights."""
+    weights = resolve(checkpoint)
+    meta_file = metadata_path(weights)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: checkpoint not found; check model.checkpoint")
+    if not meta_file.is_file():
+        raise CheckpointError(
+            f"{meta_file}: checkpoint metadata missing; keep the .json beside the weights")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{meta_file}: metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.pop("format", None) != FORMAT:
+        raise CheckpointError(f"{meta_file}: not a {FORMAT} metadata file")
+    try:
+        return ModelInfo(**meta)
+    except TypeError as exc:
+        raise CheckpointError(f"{meta_file}: invalid metadata ({exc})") from None
