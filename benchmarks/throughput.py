@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from measure import measure  # benchmarks/measure.py, beside this script
 from rasterio.transform import from_origin
 
 from deeplab_geo.plugins import choose_backend, get_backend
@@ -86,37 +85,13 @@ def pipeline_run(raster: Path, out: Path, backend: str, *sets: str) -> dict:
             str(pipeline), "--quiet"]
     for item in sets:
         args += ["--set", item]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    tree_peak = [0.0]
-    sampler = threading.Thread(target=_sample_tree_rss, args=(process, tree_peak), daemon=True)
-    sampler.start()
-    _, status, usage = os.wait4(process.pid, 0)
-    sampler.join()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"pipeline failed: {process.stderr.read().decode()}")
+    measured = measure(args)
+    if measured.returncode != 0:
+        raise SystemExit(f"pipeline failed: {measured.stderr}")
     report = json.loads((out / "run.json").read_text())
-    report["peak_rss_mb"] = usage.ru_maxrss / 1024
-    report["tree_rss_mb"] = tree_peak[0]
+    report["peak_rss_mb"] = measured.peak_rss_mb
+    report["tree_rss_mb"] = measured.tree_rss_mb
     return report
-
-
-def _sample_tree_rss(process: subprocess.Popen, peak: list[float]) -> None:
-    """Every 50 ms, the summed RSS of ``process`` and its descendants (CRF pool, vectorize
-    helper); keeps the largest in ``peak[0]`` (MB)."""
-    while process.returncode is None and Path(f"/proc/{process.pid}").exists():
-        total, stack = 0, [process.pid]
-        while stack:
-            pid = stack.pop()
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-                total += next(int(line.split()[1]) for line in status.splitlines()
-                              if line.startswith("VmRSS:"))
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    stack += [int(c) for c in (task / "children").read_text().split()]
-            except (OSError, StopIteration, ValueError):
-                continue
-        peak[0] = max(peak[0], total / 1024)
-        time.sleep(0.05)
 
 
 def tile_megapixels(size: int) -> float:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -186,10 +186,14 @@ def _average_2x2(rows: np.ndarray, nodata: int) -> np.ndarray:
     height, width = rows.shape
     padded = np.full((height + height % 2, width + width % 2), nodata, rows.dtype)
     padded[:height, :width] = rows
-    valid = padded != nodata
-    blocks = (padded.shape[0] // 2, 2, padded.shape[1] // 2, 2)
-    total = np.where(valid, padded, 0).astype(np.uint16).reshape(blocks).sum((1, 3))
-    count = valid.reshape(blocks).sum((1, 3), dtype=np.uint16)
+    total = np.zeros((padded.shape[0] // 2, padded.shape[1] // 2), np.uint16)
+    count = np.zeros(total.shape, np.uint8)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            quarter = padded[dy::2, dx::2]
+            valid = quarter != nodata
+            total += np.where(valid, quarter, 0)
+            count += valid
     mean = (total + count // 2) // np.maximum(count, 1)
     return np.where(count > 0, mean, nodata).astype(rows.dtype)
 
@@ -262,9 +266,9 @@ class _Pyramid:
         self.close()
         vrt = self.folder / f".{final.stem}.vrt"
         vrt.write_text(self._vrt_xml(band), encoding="utf-8")
-        rio_copy(vrt, final, driver="COG", compress="deflate", blocksize=BLOCK,
-                 overviews="FORCE_USE_EXISTING", num_threads="ALL_CPUS", sparse_ok=True,
-                 BIGTIFF="IF_SAFER")
+        rio_copy(vrt, final, driver="COG", blocksize=BLOCK, overviews="FORCE_USE_EXISTING",
+                 num_threads="ALL_CPUS", sparse_ok=True, BIGTIFF="IF_SAFER",
+                 **band.compression)
         for path in (vrt, *self.paths):
             path.unlink(missing_ok=True)
 
@@ -301,6 +305,12 @@ class _BandMetadata:
     tags: dict[str, str]
     colours: list[list[int]] | None = None
     scale: float = 1.0
+    compression: dict[str, object] = field(default_factory=lambda: {"compress": "deflate"})
+
+
+# Confidence varies smoothly: LZW on horizontal differences compresses it smaller than DEFLATE,
+# at about a third of the time (8.1 vs 9.2 MB, 0.4 vs 1.0 s for the 8192 px peer scene).
+_CONFIDENCE_COMPRESSION = {"compress": "lzw", "predictor": 2}
 
 
 class ClassMapWriter:
@@ -337,9 +347,10 @@ class ClassMapWriter:
         """Write the next strip (strips come in order, top to bottom)."""
         last = strip.row1 == self.height
         if strip.classes is not None:
-            valid = strip.classes[strip.classes != CLASS_NODATA]
-            self.counts += np.bincount(valid, minlength=len(self.class_names))[
-                : len(self.class_names)]
+            flat = strip.classes.ravel()
+            for start in range(0, flat.size, 1 << 20):  # bincount works on int64 copies
+                counts = np.bincount(flat[start: start + (1 << 20)], minlength=CLASS_NODATA + 1)
+                self.counts += counts[: len(self.class_names)]
         with io.writing(self._folder):
             self._pyramids["classes"].write(strip.rows, strip.classes, last)
             if "confidence" in self._pyramids:
@@ -356,7 +367,8 @@ class ClassMapWriter:
                 self._pyramids["confidence"].to_cog(
                     self.confidence_path,
                     _BandMetadata("confidence (probability of the class, percent)",
-                                  {"UNITS": "percent"}, scale=CONFIDENCE_SCALE))
+                                  {"UNITS": "percent"}, scale=CONFIDENCE_SCALE,
+                                  compression=_CONFIDENCE_COMPRESSION))
 
     def close(self) -> None:
         for pyramid in self._pyramids.values():

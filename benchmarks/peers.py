@@ -1,0 +1,166 @@
+"""deeplab-geo beside Raster Vision and a bare torch loop, on the same model and scene, in one run.
+
+    python benchmarks/peers.py [--size 8192] [--workdir /tmp/peer-bench]
+                               [--peers ../shared/peers] [--rv-python /tmp/peer-rv/bin/python]
+                               [--skip-rv] [--set KEY=VALUE ...]
+
+The harness is ``../shared/peers`` (its README says how to make Raster Vision's virtualenv).
+Its ``make_input.py`` writes the scene (3-band uint8, 0.5 m, tiled 512 px) and torchvision's
+DeepLabv3-MobileNetV3-Large with 6 classes (seed 0, BatchNorm statistics recalibrated on the
+scene). deeplab-geo runs those weights as a checkpoint: the ``.pth`` with a ``.json`` beside it.
+
+Measured, each in a fresh process (wall time, peak RSS of the largest process and of the whole
+process tree):
+
+* **backend alone**: deeplab-geo's ONNX backend forwarding the scene's pixels once, as 256
+  non-overlapping 512 px tiles in batches of 8, no reading or writing. Two ways: as the backend
+  runs now (a batch split across single-threaded sessions) and as it ran before (one session
+  with every core), which is the figure the targets refer to;
+* **deeplab-geo**: ``deeplab-geo run`` with its defaults (tiles 512, overlap 64, batch 4,
+  ``backend: auto``), CRF off, polygons on, quicklook off; after one run that exports the
+  checkpoint to the ONNX cache, so the figure is a user's second run (the first is shown too);
+* **Raster Vision 0.31.1** (``rv_predict.py``: chip 512, stride 448, batch 8);
+* **bare torch loop** (``bare_forward.py``: no overlap, no writes).
+
+Printed: a Markdown table and the ratios the targets are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from measure import measure  # benchmarks/measure.py, beside this script
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS = "deeplab_mnv3_c6_seed0_bncal.pth"
+SIDECAR = {
+    "format": "deeplab-geo/1", "architecture": "deeplabv3_mobilenet_v3_large",
+    "num_classes": 6, "in_channels": 3, "output_stride": 16,
+    "classes": [f"class {i}" for i in range(6)],
+    "colours": [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255],
+                [255, 0, 255]],
+    "normalization": {"scale": 255.0, "mean": [0, 0, 0], "std": [1, 1, 1]}, "options": {},
+}
+
+BACKEND_ALONE = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np, onnxruntime as ort, rasterio
+    from rasterio.windows import Window
+    from deeplab_geo.plugins import get_backend
+    raster, weights, mode = sys.argv[1:4]
+    predictor = get_backend("onnx").load(weights, device="cpu")
+    if mode == "one-session":  # the backend as it was: one session using every core
+        session = predictor._whole
+        run = lambda x: session.run(["probabilities"], {"pixels": x})[0]
+    else:
+        run = predictor.predict
+    with rasterio.open(raster) as ds:
+        windows = [Window(c, r, 512, 512) for r in range(0, ds.height, 512)
+                   for c in range(0, ds.width, 512)]
+        tiles = np.stack([ds.read(window=w) for w in windows]).astype(np.float32)
+    run(tiles[:8])  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(tiles), 8):
+        run(tiles[i:i + 8])
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "mpx": tiles[:, 0].size / 1e6}))
+""")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/peer-bench"))
+    parser.add_argument("--peers", type=Path, default=ROOT.parent / "shared" / "peers")
+    parser.add_argument("--rv-python", type=Path, default=Path("/tmp/peer-rv/bin/python"))
+    parser.add_argument("--skip-rv", action="store_true", help="leave Raster Vision out")
+    parser.add_argument("--set", dest="sets", action="append", default=[],
+                        help="pipeline override for the deeplab-geo run")
+    args = parser.parse_args()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    scene = work / f"scene_{args.size}.tif"
+    weights = work / WEIGHTS
+    if not scene.exists() or not weights.exists():
+        subprocess.run([sys.executable, str(args.peers / "make_input.py"), str(args.size),
+                        "--bncal", "--outdir", str(work)], check=True)
+    weights.with_suffix(".json").write_text(json.dumps(SIDECAR), encoding="utf-8")
+    env = {**os.environ, "DEEPLAB_GEO_CACHE": str(work / "cache")}
+
+    rows = {}
+    for mode in ("one-session", "split"):
+        done = subprocess.run([sys.executable, "-c", BACKEND_ALONE, str(scene), str(weights),
+                               mode], env=env, capture_output=True, text=True, check=True)
+        rows[f"backend alone ({mode})"] = json.loads(done.stdout.strip().splitlines()[-1])
+
+    pipeline = work / "deeplab-geo.yaml"
+    pipeline.write_text(f"input: {scene}\noutput_dir: {work / 'dg_out'}\n"
+                        f"model: {{checkpoint: {weights}, device: cpu}}\n"
+                        "crf: {enabled: false}\nquicklook: false\n", encoding="utf-8")
+    runs = {}
+    for name in ("deeplab-geo (first run: exports the model)", "deeplab-geo"):
+        shutil.rmtree(work / "dg_out", ignore_errors=True)
+        if name != "deeplab-geo":
+            shutil.rmtree(work / "cache", ignore_errors=True)
+        command = [sys.executable, "-c", "from deeplab_geo.cli import main; main()", "run",
+                   str(pipeline), "--quiet"]
+        for item in args.sets:
+            command += ["--set", item]
+        runs[name] = measure(command, env=env)
+        if runs[name].returncode != 0:
+            raise SystemExit(runs[name].stderr)
+    report = json.loads((work / "dg_out" / "run.json").read_text())
+
+    peers = {}
+    python = args.rv_python if args.rv_python.exists() else Path(sys.executable)
+    if not args.skip_rv and args.rv_python.exists():
+        out = work / "rv_out"
+        shutil.rmtree(out, ignore_errors=True)
+        peers["Raster Vision 0.31.1"] = _peer(python, args.peers / "rv_predict.py", scene,
+                                              weights, out)
+    peers["bare torch loop"] = _peer(python, args.peers / "bare_forward.py", scene, weights)
+
+    mpx = args.size ** 2 / 1e6
+    print(f"{args.size} x {args.size} px scene ({mpx:.1f} Mpx), {os.cpu_count()} CPUs\n")
+    print("| run | wall s | Mpx/s end to end | peak RSS MB (largest process) | "
+          "peak RSS MB (process tree) | polygons |")
+    print("|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        print(f"| {name}: forward only | {row['seconds']:.1f} | {mpx / row['seconds']:.2f} "
+              "| - | - | - |")
+    for name, m in runs.items():
+        polygons = report["polygons"] if name == "deeplab-geo" else "-"
+        print(f"| {name} | {m.wall_s:.1f} | {mpx / m.wall_s:.2f} | {m.peak_rss_mb:.0f} | "
+              f"{m.tree_rss_mb:.0f} | {polygons} |")
+    for name, (m, result) in peers.items():
+        polygons = sum(result.get("n_polygons", {}).values()) or "-"
+        print(f"| {name} | {m.wall_s:.1f} | {mpx / m.wall_s:.2f} | {m.peak_rss_mb:.0f} | "
+              f"{m.tree_rss_mb:.0f} | {polygons} |")
+    ours = runs["deeplab-geo"]
+    print(f"\ndeeplab-geo stages (s): {report['timings_s']}")
+    for name, row in rows.items():
+        print(f"end to end / backend alone ({name}): {row['seconds'] / ours.wall_s:.2f}")
+    if "Raster Vision 0.31.1" in peers:
+        rv = peers["Raster Vision 0.31.1"][0]
+        print(f"throughput vs Raster Vision: {rv.wall_s / ours.wall_s:.2f}x; peak RSS vs "
+              f"Raster Vision: {ours.peak_rss_mb / rv.peak_rss_mb:.2f}x (largest process), "
+              f"{ours.tree_rss_mb / rv.tree_rss_mb:.2f}x (process tree)")
+
+
+def _peer(python: Path, script: Path, scene: Path, weights: Path, *extra: Path):
+    """A peer script's measurement and the JSON line it prints."""
+    m = measure([str(python), str(script), str(scene), str(weights), *map(str, extra)])
+    if m.returncode != 0:
+        raise SystemExit(f"{script.name} failed: {m.stderr}")
+    return m, json.loads(m.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()
