@@ -13,8 +13,9 @@ Three ways to execute a run (``cluster`` section of the pipeline):
 
 Workers only compute: each task reads its windows, predicts and refines them, and returns the
 tiles' cores. This process writes every result into the output rasters, so outputs never live
-on a worker. At most ``in_flight`` tasks are submitted at a time, which bounds the memory held in
-results whatever the raster size. A task lost with a worker that dies is recomputed on another
+on a worker. At most ``execution.in_flight`` tasks are submitted at a time, which bounds the
+memory held in results whatever the raster size and however slow writing is. A task lost
+with a worker that dies is recomputed on another
 (the scheduler's own recovery); results are written exactly once, so the output is the same as
 an uninterrupted run's. Models are loaded once per worker process (backends cache them).
 """

@@ -323,7 +323,8 @@ class RunPipelineAlgorithm(_DeepLabGeoAlgorithm):
             self._load(context, published, table)
         return {self.OUTPUT_DIR: str(target),
                 self.CLASSES: str(published["classes"]),
-                self.CONFIDENCE: str(published["confidence"]),
+                self.CONFIDENCE: str(published["confidence"]) if "confidence" in published
+                else None,
                 self.POLYGONS: str(published["polygons"]) if "polygons" in published else None,
                 self.REPORT: str(published["report"])}
 
@@ -384,7 +385,7 @@ def find_outputs(folder):
             if path.is_file() and path.name.endswith(suffix) and key not in found:
                 found[key] = path
                 break
-    for required in ("classes", "confidence", "report"):
+    for required in ("classes", "report"):  # confidence is optional (outputs.confidence)
         if required not in found:
             raise QgsProcessingException(
                 f"deeplab-geo finished but wrote no *{OUTPUT_SUFFIXES[required]} in {folder}")
