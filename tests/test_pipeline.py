@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import rasterio
+import rasterio.features
 import torch
 
 from deeplab_geo.config import validate_pipeline
@@ -139,3 +140,37 @@ def test_tiled_run_equals_a_whole_image_prediction_when_overlap_covers_the_reach
     assert len(np.unique(classes)) == 3
     assert (classes == whole.argmax(0)).mean() == 1.0
     assert np.abs(confidence - whole.max(0)).max() <= 0.005 + 1e-6  # stored in percent
+
+
+def test_confidence_is_one_byte_per_pixel_and_polygons_average_what_is_stored(tmp_path,
+                                                                              pixelwise):
+    import geopandas as gpd
+
+    image = np.random.default_rng(6).integers(0, 255, (3, 70, 90), dtype=np.uint8)
+    image[:, :, :45] = np.array([200, 10, 10])[:, None, None]  # a large region of class 0
+    raster = write_raster(tmp_path / "rgb.tif", image)
+    result = run(config(tmp_path, raster, vectorize={"enabled": True}))
+    with rasterio.open(result.outputs["confidence"]) as conf, \
+            rasterio.open(result.outputs["classes"]) as cls:
+        assert conf.dtypes[0] == "uint8" and conf.scales == (0.01,) and conf.offsets == (0.0,)
+        stored, classes = conf.read(1), cls.read(1)
+    polygons = gpd.read_file(result.outputs["polygons"])
+    big = polygons.loc[polygons["pixel_count"].idxmax()]
+    with rasterio.open(raster) as ds:
+        region = rasterio.features.geometry_mask([big.geometry], classes.shape, invert=True,
+                                                 transform=ds.transform)
+    assert region[:, :45].all() and (classes[region] == big["class_id"]).all()
+    assert region.sum() == big["pixel_count"]
+    assert big["mean_confidence"] == pytest.approx(stored[region].mean() * 0.01, abs=1e-6)
+
+
+def test_without_confidence_there_is_no_raster_and_no_mean(tmp_path, pixelwise):
+    import geopandas as gpd
+
+    image = np.random.default_rng(7).integers(0, 255, (3, 40, 40), dtype=np.uint8)
+    raster = write_raster(tmp_path / "rgb.tif", image)
+    result = run(config(tmp_path, raster, vectorize={"enabled": True},
+                        outputs={"confidence": False}))
+    assert "confidence" not in result.outputs
+    assert not list((tmp_path / "out").glob("*_confidence.tif"))
+    assert "mean_confidence" not in gpd.read_file(result.outputs["polygons"]).columns
