@@ -28,7 +28,13 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "weights"
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Everything needed to rebuild a model and interpret its outputs."""
+    """Everything needed to rebuild a model and interpret its outputs.
+
+    ``resolution`` is the ground sampling distance the model was trained at (metres per
+    pixel; ``None``: unknown, rasters are used as they are). ``input_size`` and ``batch_size``
+    are fixed by models whose graph takes only one shape (tiles and batches are then that
+    size); ``overlap`` is a model's own advice on tile overlap (pixels), as zoo models give it.
+    """
 
     architecture: str
     num_classes: int
@@ -41,6 +47,10 @@ class ModelInfo:
                                  "std": [0.229, 0.224, 0.225]})
     options: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    resolution: float | None = None
+    input_size: int | None = None
+    batch_size: int | None = None
+    overlap: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.classes) != self.num_classes or len(self.colours) != self.num_classes:
@@ -52,6 +62,9 @@ class ModelInfo:
                 self.in_channels:
             raise CheckpointError(
                 f"normalization needs one mean and std per band ({self.in_channels} bands)")
+        if self.resolution is not None and not self.resolution > 0:
+            raise CheckpointError(f"resolution must be a positive number of metres per pixel, "
+                                  f"got {self.resolution}")
 
     def build(self) -> Any:
         """A freshly initialised model (a ``torch.nn.Module``) of this architecture."""

@@ -24,12 +24,23 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
-    """Which model to run and where."""
+    """Which model to run and where.
+
+    ``resolution`` is the ground sampling distance the model works at: ``auto`` takes the
+    model's own (its metadata's ``resolution``) and runs at the raster's where it has none,
+    ``native`` always runs at the raster's, a number (metres per pixel) sets it. Windows are
+    resampled to it before inference and the probabilities back to the raster's grid.
+    ``metadata`` adds to or corrects what a foreign model (a zoo ``.onnx``) says of itself,
+    with the zoo's keys (``class_names``, ``resolution`` in cm/px, ``tiles_size``,
+    ``standardization_mean``, ...; see :mod:`deeplab_geo_onnx.zoo`).
+    """
 
     checkpoint: str = "builtin:landcover-demo"
     backend: str = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     batch_size: int = Field(4, ge=1, le=1024)
+    resolution: Literal["auto", "native"] | Annotated[float, Field(gt=0)] = "auto"
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class TTASettings(_Section):

@@ -67,6 +67,31 @@ def pixel_size_m(ds: rasterio.DatasetReader) -> float:
     return float((abs(ds.res[0]) + abs(ds.res[1])) / 2 * factor)
 
 
+def ground_pixel_size_m(ds: rasterio.DatasetReader) -> float:
+    """Mean pixel side on the ground in metres: from the CRS's unit in projected CRSs, and for
+    geographic CRSs measured on the ellipsoid at the raster's centre.
+
+    Raises:
+        InputError: the raster has no CRS.
+    """
+    if ds.crs is None:
+        raise InputError(f"{Path(ds.name).name}: raster has no CRS; its pixel size on the "
+                         "ground is unknown")
+    if ds.crs.is_projected:
+        return pixel_size_m(ds)
+    from pyproj import CRS, Geod
+
+    crs = CRS.from_wkt(ds.crs.to_wkt())
+    geod = crs.get_geod() or Geod(ellps="WGS84")
+    col, row = ds.width / 2, ds.height / 2
+    x0, y0 = ds.transform * (col, row)
+    x1, y1 = ds.transform * (col + 1, row)
+    x2, y2 = ds.transform * (col, row + 1)
+    across = geod.inv(x0, y0, x1, y1)[2]
+    down = geod.inv(x0, y0, x2, y2)[2]
+    return float((abs(across) + abs(down)) / 2)
+
+
 def read_window(ds: rasterio.DatasetReader, window: Window,
                 needed: tuple[slice, slice] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """Pixels ``(bands, h, w)`` of a window and its validity mask ``(h, w)`` (True = valid).

@@ -40,30 +40,24 @@ from dask.callbacks import Callback
 import deeplab_geo
 from deeplab_geo import cluster as cluster_module
 from deeplab_geo import crf as crf_module
-from deeplab_geo import io, tiling, tta
-from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
+from deeplab_geo import io, tiling
+from deeplab_geo.config import CRFSettings, PipelineConfig
 from deeplab_geo.errors import InputError
-from deeplab_geo.plugins import choose_backend, get_backend
+from deeplab_geo.plugins import choose_backend, load_model
 from deeplab_geo.processes import trim_heap
 from deeplab_geo.quicklook import render_quicklook
 from deeplab_geo.stitch import (
     CLASS_NODATA,
-    CONFIDENCE_NODATA,
     CONFIDENCE_SCALE,
     ClassMapWriter,
     Strip,
     StripAssembler,
     TileCore,
-    confidence_percent,
 )
 from deeplab_geo.vectorize import SUFFIXES, vectorize, vectorize_strips
+from deeplab_geo.windows import TileJob, WindowPlan, plan_windows, process_batch
 
 ProgressFactory = Callable[[int], Any]
-
-_FORWARD_LOCK = threading.Lock()
-"""One forward pass at a time in a process: a backend already uses every core (or the GPU),
-and two passes at once would hold two batches' activations."""
-
 
 @dataclass
 class RunResult:
@@ -71,22 +65,6 @@ class RunResult:
 
     outputs: dict[str, Path]
     report: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _TileJob:
-    """Everything a worker needs to process a batch of tiles (small and picklable)."""
-
-    raster: str
-    tiles: list[tiling.Tile]
-    backend: str
-    checkpoint: str
-    device: str
-    tta: TTASettings
-    crf: CRFSettings | None
-    colours: crf_module.ColourMapping | None = None
-    crf_processes: int = 1
-    confidence: bool = True
 
 
 def output_names(input_path: Path, polygon_format: str = "gpkg") -> dict[str, str]:
@@ -123,19 +101,19 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
     backend_name = choose_backend(config.model.backend, config.model.device)
     config = config.model_copy(update={
         "model": config.model.model_copy(update={"backend": backend_name})})
-    predictor = get_backend(backend_name).load(config.model.checkpoint,
-                                               device=config.model.device)
+    predictor = load_model(backend_name, config.model.checkpoint, config.model.device,
+                           config.model.metadata)
     info = predictor.info
     with io.open_raster(config.input) as ds:
         io.check_raster(ds, bands=info.in_channels)
         profile = ds.profile
-        grid = tiling.tile_grid(ds.height, ds.width, config.tiling.tile_size,
-                                config.tiling.overlap)
+        plan = plan_windows(config, info, ds)
+        grid = tiling.tile_grid(ds.height, ds.width, plan.tile, plan.overlap)
         crf = None
-        if config.crf.enabled:
+        if config.crf.enabled:  # the CRF works at the model's resolution
             settings = config.crf
             if settings.spatial_units == "metres":
-                settings = settings.in_pixels(io.pixel_size_m(ds))
+                settings = settings.in_pixels(plan.model_m or io.pixel_size_m(ds))
             crf = (settings, crf_module.colour_mapping(ds, settings))
     timings["load"] = time.perf_counter() - started
     names = output_names(config.input, config.vectorize.format)
@@ -165,8 +143,9 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
 
         try:
             t0 = time.perf_counter()
-            _predict_all(config, grid, StripAssembler(grid, profile["height"], profile["width"]),
-                         deliver, crf, progress)
+            _predict_all(config, plan, grid,
+                         StripAssembler(grid, profile["height"], profile["width"]), deliver, crf,
+                         progress)
             timings["predict_and_refine"] = time.perf_counter() - t0
             if not writer.counts.any():
                 raise InputError(f"{config.input.name}: every pixel is nodata (masked); "
@@ -200,7 +179,7 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
                 timings["quicklook"] = time.perf_counter() - t0
             timings["total"] = time.perf_counter() - started
             report = _report(config, profile, grid, writer.counts, info.classes, timings,
-                             polygon_count)
+                             polygon_count, plan)
             staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             outputs = io.publish(staged, config.output_dir)
     return RunResult(outputs=outputs, report=report)
@@ -218,20 +197,22 @@ def in_flight(config: PipelineConfig, threads: int) -> int:
     return config.execution.in_flight or max(2, 2 * threads)
 
 
-def _predict_all(config: PipelineConfig, grid: list[tiling.Tile], assembler: StripAssembler,
+def _predict_all(config: PipelineConfig, plan: WindowPlan, grid: list[tiling.Tile],
+                 assembler: StripAssembler,
                  deliver: Callable[[Strip], None],
                  crf: tuple[CRFSettings, crf_module.ColourMapping] | None,
                  progress: ProgressFactory | None) -> None:
     settings, colours = crf if crf is not None else (None, None)
     jobs = [
-        _TileJob(str(config.input), batch, config.model.backend, config.model.checkpoint,
-                 config.model.device, config.tta, settings, colours,
-                 config.execution.crf_processes, config.outputs.confidence)
-        for batch in tiling.batched(grid, config.model.batch_size)
+        TileJob(str(config.input), batch, config.model.backend, config.model.checkpoint,
+                config.model.device, config.tta, settings, plan, colours,
+                config.execution.crf_processes, config.outputs.confidence,
+                config.model.metadata)
+        for batch in tiling.batched(grid, plan.batch_size)
     ]
     bar = progress(len(grid)) if progress else None
 
-    def hand_on(job: _TileJob, cores: list[TileCore]) -> int:
+    def hand_on(job: TileJob, cores: list[TileCore]) -> int:
         for tile, core in zip(job.tiles, cores):
             for strip in assembler.add(tile, core):
                 deliver(strip)
@@ -252,10 +233,10 @@ def _predict_all(config: PipelineConfig, grid: list[tiling.Tile], assembler: Str
         raise RuntimeError("internal error: tiles were lost between prediction and writing")
 
 
-HandOn = Callable[[_TileJob, list[TileCore]], int]
+HandOn = Callable[[TileJob, list[TileCore]], int]
 
 
-def _compute_local(jobs: list[_TileJob], hand_on: HandOn, bar: Any, workers: int,
+def _compute_local(jobs: list[TileJob], hand_on: HandOn, bar: Any, workers: int,
                    in_flight: int) -> None:
     """One dask graph on the local threaded scheduler, bounded and in row-major order.
 
@@ -279,7 +260,7 @@ def _after(func: Callable[..., Any], *args: Any) -> Any:
     return func(*args[:-1])
 
 
-def _compute_distributed(client: Any, jobs: list[_TileJob], hand_on: HandOn, bar: Any,
+def _compute_distributed(client: Any, jobs: list[TileJob], hand_on: HandOn, bar: Any,
                          in_flight: int) -> None:
     """Batches run on the cluster's workers; their cores are handed on here as they arrive.
 
@@ -294,46 +275,6 @@ def _compute_distributed(client: Any, jobs: list[_TileJob], hand_on: HandOn, bar
             bar.update(done)
 
     cluster_module.map_unordered(client, process_batch, jobs, received, in_flight=in_flight)
-
-
-def process_batch(job: _TileJob) -> list[TileCore]:
-    """Predict (and refine) a batch of tiles; returns each tile's core classes and confidence.
-
-    Tiles whose cores hold no valid pixel are not even read past their mask and come back as
-    ``None``; other nodata pixels come out as class ``CLASS_NODATA`` with confidence
-    ``CONFIDENCE_NODATA``.
-    """
-    predictor = get_backend(job.backend).load(job.checkpoint, device=job.device)
-    with rasterio.open(job.raster) as ds:
-        reads = [io.read_window(ds, tile.read_window, tile.core_slices) for tile in job.tiles]
-    todo = [i for i, (data, _) in enumerate(reads) if data is not None]
-    if not todo:
-        return [None] * len(job.tiles)
-    batch = np.stack([reads[i][0] for i in todo])
-    with _FORWARD_LOCK:
-        probs = dict(zip(todo, tta.predict(predictor, batch, job.tta)))
-    del batch
-    if job.crf is not None:
-        pairs = [(probs[i], crf_module.colour_features(reads[i][0], job.colours), reads[i][1])
-                 for i in todo]
-        probs = dict(zip(todo, crf_module.refine_many(pairs, job.crf, job.crf_processes)))
-    cores: list[TileCore] = []
-    for i, (tile, (_, valid)) in enumerate(zip(job.tiles, reads)):
-        if i not in probs:
-            cores.append(None)
-            continue
-        rows, cols = tile.core_slices
-        nodata = ~valid[rows, cols]
-        p = probs.pop(i)[:, rows, cols]
-        best = p.argmax(0)
-        classes = best.astype(np.uint8)
-        classes[nodata] = CLASS_NODATA
-        confidence = None
-        if job.confidence:
-            confidence = confidence_percent(np.take_along_axis(p, best[None], 0)[0])
-            confidence[nodata] = CONFIDENCE_NODATA
-        cores.append((classes, confidence))
-    return cores
 
 
 class _ProgressCallback(Callback):
@@ -414,7 +355,7 @@ class _Background:
 
 def _report(config: PipelineConfig, profile: dict, grid: list[tiling.Tile], counts: np.ndarray,
             class_names: list[str], timings: dict[str, float],
-            polygon_count: int | None) -> dict[str, Any]:
+            polygon_count: int | None, plan: WindowPlan) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -431,6 +372,7 @@ def _report(config: PipelineConfig, profile: dict, grid: list[tiling.Tile], coun
         },
         "raster": {"width": profile["width"], "height": profile["height"],
                    "crs": profile["crs"].to_string(), "tiles": len(grid)},
+        "windows": plan.report(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "throughput_mpx_s": round(pixels / 1e6 / timings["predict_and_refine"], 4),
         "pixels_per_class": {n: int(c) for n, c in zip(class_names, counts)},

@@ -105,3 +105,24 @@ def get_backend(name: str, pm: pluggy.PluginManager | None = None) -> Any:
             f"no backend named '{name}'; registered: {', '.join(sorted(backends))} "
             "(install the plugin that provides it)")
     return backends[name].backend
+
+
+def load_model(backend: str, checkpoint: str, device: str,
+               metadata: dict[str, Any] | None = None, pm: pluggy.PluginManager | None = None
+               ) -> Any:
+    """``get_backend(backend).load(checkpoint, device=device)``, passing ``metadata`` (the
+    pipeline's ``model.metadata``) to backends that take it.
+
+    Raises:
+        BackendError: no such backend, or metadata for a backend that takes none.
+    """
+    loader = get_backend(backend, pm).load
+    if not metadata:
+        return loader(checkpoint, device=device)
+    try:
+        return loader(checkpoint, device=device, metadata=metadata)
+    except TypeError as exc:
+        if "metadata" not in str(exc):
+            raise
+        raise BackendError(f"backend '{backend}' takes no model.metadata (only foreign models "
+                           "on the onnx backend do); remove it") from None

@@ -290,7 +290,9 @@ def model_info(config: TrainConfig, dataset: SegmentationDataset,
     return ModelInfo(architecture=architecture, num_classes=len(classes), classes=list(classes),
                      colours=[list(c) for c in colours], in_channels=bands,
                      output_stride=output_stride, normalization=dict(normalization),
-                     options=dict(options))
+                     options=dict(options),
+                     resolution=dataset.resolution or (init_info.resolution if init_info
+                                                       else None))
 
 
 def train(config: TrainConfig, *, log: Callable[[str], None] = print,

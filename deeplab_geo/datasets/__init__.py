@@ -41,12 +41,15 @@ class SegmentationDataset(ABC):
         classes: class names, index = class id (``None``: the labels carry no names).
         colours: one RGB triple per class (``None`` like ``classes``).
         in_channels: bands per image.
+        resolution: ground sampling distance of the images (metres per pixel; ``None`` for
+            photographs), recorded in the trained model.
     """
 
     name: str = ""
     classes: list[str] | None = None
     colours: list[list[int]] | None = None
     in_channels: int = 3
+    resolution: float | None = None
 
     @abstractmethod
     def __len__(self) -> int:

@@ -90,6 +90,7 @@ class RasterChips(SegmentationDataset):
             grid = Grid.of(ds)
             self.in_channels = ds.count
             self.dtype = ds.dtypes[0]
+            self.resolution = io.ground_pixel_size_m(ds)
         self.labels = open_labels(settings.labels, grid, class_field=settings.class_field,
                                   layer=settings.layer)
         self.classes = list(settings.classes) if settings.classes else \

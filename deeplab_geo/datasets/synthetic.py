@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deeplab_geo.datasets import Sample, SegmentationDataset
-from deeplab_geo.sample import CLASS_COLOURS, CLASS_NAMES, synthesize_scene
+from deeplab_geo.sample import CLASS_COLOURS, CLASS_NAMES, PIXEL_M, synthesize_scene
 
 
 class SyntheticScenes(SegmentationDataset):
@@ -15,6 +15,7 @@ class SyntheticScenes(SegmentationDataset):
         self.classes = list(CLASS_NAMES)
         self.colours = [list(c) for c in CLASS_COLOURS]
         self.in_channels = 3
+        self.resolution = PIXEL_M
         self._scenes = [synthesize_scene(seed, size) for seed in self.seeds]
 
     def __len__(self) -> int:

@@ -15,6 +15,7 @@ every core. Sessions are cached per (checkpoint, device): each process builds th
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ import onnxruntime as ort
 from deeplab_geo.checkpoints import ModelInfo, read_info, resolve
 from deeplab_geo.errors import BackendError
 from deeplab_geo.hookspecs import hookimpl
+from deeplab_geo_onnx.zoo import ZooPredictor, is_zoo_model, read_zoo_model
 
 __version__ = "0.1.0"
 
@@ -84,8 +86,12 @@ class OnnxBackend:
     # (benchmarks/backends.py); on CUDA the torch backend's autocast wins.
     auto_priority = {"cpu": 20}
 
-    def load(self, checkpoint: str, *, device: str = "auto") -> OnnxPredictor:
-        return _load_cached(str(resolve(checkpoint)), device)
+    def load(self, checkpoint: str, *, device: str = "auto",
+             metadata: dict | None = None) -> OnnxPredictor | ZooPredictor:
+        """Load a checkpoint or an ``.onnx`` file; ``metadata`` adds to (or corrects) a
+        foreign model's own (see :mod:`deeplab_geo_onnx.zoo`)."""
+        return _load_cached(str(resolve(checkpoint)), device,
+                            json.dumps(metadata or {}, sort_keys=True))
 
 
 def providers_for(device: str) -> list[str]:
@@ -109,7 +115,11 @@ def cpu_cores() -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(checkpoint: str, device: str) -> OnnxPredictor:
+def _load_cached(checkpoint: str, device: str, metadata: str) -> OnnxPredictor | ZooPredictor:
+    if checkpoint.endswith(".onnx") and is_zoo_model(Path(checkpoint)):
+        info, spec = read_zoo_model(Path(checkpoint), json.loads(metadata))
+        return ZooPredictor(_session(checkpoint, checkpoint, providers_for(device), None),
+                            info, spec)
     if checkpoint.endswith(".onnx"):
         model, info = checkpoint, read_info(checkpoint)
     else:
@@ -117,20 +127,22 @@ def _load_cached(checkpoint: str, device: str) -> OnnxPredictor:
 
         model, info = cached_onnx(checkpoint)
     providers = providers_for(device)
-
-    def make_session(threads: int | None) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        try:
-            return ort.InferenceSession(model, sess_options=options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            raise BackendError(f"{Path(checkpoint).name}: ONNX Runtime cannot load the model "
-                               f"({str(exc).splitlines()[0]})") from None
-
     on_gpu = providers[0] != "CPUExecutionProvider"
-    return OnnxPredictor(make_session, info, None if on_gpu else cpu_cores())
+    return OnnxPredictor(lambda threads: _session(checkpoint, model, providers, threads), info,
+                         None if on_gpu else cpu_cores())
+
+
+def _session(checkpoint: str, model: str | bytes, providers: list[str],
+             threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        raise BackendError(f"{Path(checkpoint).name}: ONNX Runtime cannot load the model "
+                           f"({str(exc).splitlines()[0]})") from None
 
 
 @hookimpl

@@ -1,0 +1,191 @@
+"""Window processing, the core every execution path shares: read, resample, predict, refine,
+crop.
+
+:func:`plan_windows` decides the geometry of a run from the model and the raster: the tile and
+overlap on the raster's grid, and the factor between the raster's pixels and the model's (its
+ground sampling distance, see ``model.resolution``). Tiling, the CRF and the model all work at
+the model's resolution; each window is read on the raster's grid, resampled to the model's
+(area averaging when shrinking, bilinear when enlarging), predicted and refined there, and its
+probabilities are resampled back, so the class raster stays on the input grid and the cores
+of :mod:`deeplab_geo.tiling` still partition it exactly.
+
+:func:`process_batch` does that for one batch of tiles and returns their cores.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rasterio
+
+from deeplab_geo import crf as crf_module
+from deeplab_geo import io, resample, tiling, tta
+from deeplab_geo.checkpoints import ModelInfo
+from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
+from deeplab_geo.errors import ConfigError
+from deeplab_geo.plugins import load_model
+from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, TileCore, confidence_percent
+
+_FORWARD_LOCK = threading.Lock()
+"""One forward pass at a time in a process: a backend already uses every core (or the GPU),
+and two passes at once would hold two batches' activations."""
+
+_SAME = 1e-3  # resolutions closer than this (relative) are the same
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The geometry of a run.
+
+    Attributes:
+        tile, overlap: tile size and overlap on the raster's grid (pixels).
+        model_tile: the tile's size at the model's resolution (what the model sees).
+        batch_size: tiles per forward pass.
+        raster_m, model_m: pixel size of the raster and of the model on the ground (metres;
+            ``model_m`` is ``raster_m`` when the model runs at the raster's resolution).
+        source: where the model's resolution came from.
+    """
+
+    tile: int
+    overlap: int
+    model_tile: int
+    batch_size: int
+    raster_m: float | None
+    model_m: float | None
+    source: str
+
+    @property
+    def scale(self) -> float:
+        """Model pixels per raster pixel along each axis (1: no resampling)."""
+        return self.model_tile / self.tile
+
+    def model_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The size at the model's resolution of a window of ``height`` x ``width`` px."""
+        if self.scale == 1:
+            return height, width
+        return max(1, round(height * self.scale)), max(1, round(width * self.scale))
+
+    def report(self) -> dict[str, Any]:
+        return {"raster_m_per_px": self.raster_m, "model_m_per_px": self.model_m,
+                "source": self.source, "model_px_per_raster_px": round(self.scale, 6),
+                "tile_px": self.tile, "overlap_px": self.overlap,
+                "model_tile_px": self.model_tile, "batch_size": self.batch_size}
+
+
+def plan_windows(config: PipelineConfig, info: ModelInfo, ds: rasterio.DatasetReader
+                 ) -> WindowPlan:
+    """The run's geometry (see :class:`WindowPlan`).
+
+    A model with a fixed input size or batch sets them; a pipeline that asks for others
+    explicitly is refused.
+
+    Raises:
+        ConfigError: a tile size or batch size the model cannot take.
+    """
+    tile_size, overlap = config.tiling.tile_size, config.tiling.overlap
+    batch_size = config.model.batch_size
+    if info.input_size is not None:
+        if "tile_size" in config.tiling.model_fields_set and tile_size != info.input_size:
+            raise ConfigError(f"tiling.tile_size {tile_size}: the model takes only "
+                              f"{info.input_size} px tiles; leave tile_size out")
+        tile_size = info.input_size
+        if overlap >= tile_size:
+            overlap = info.overlap if info.overlap is not None else tile_size // 8
+    if info.batch_size is not None:
+        if "batch_size" in config.model.model_fields_set and batch_size != info.batch_size:
+            raise ConfigError(f"model.batch_size {batch_size}: the model takes batches of "
+                              f"{info.batch_size} only; leave batch_size out")
+        batch_size = info.batch_size
+    raster_m = io.ground_pixel_size_m(ds) if ds.crs is not None else None
+    setting = config.model.resolution
+    if setting == "native" or (setting == "auto" and info.resolution is None) \
+            or raster_m is None:
+        model_m, source = raster_m, "raster (native)"
+    elif setting == "auto":
+        model_m, source = info.resolution, "model metadata"
+    else:
+        model_m, source = float(setting), "model.resolution"
+    scale = raster_m / model_m if raster_m and model_m else 1.0
+    if abs(scale - 1) < _SAME:
+        return WindowPlan(tile_size, overlap, tile_size, batch_size, raster_m, model_m, source)
+    tile = max(1, round(tile_size / scale))
+    raster_overlap = min(tile - 1, round(overlap / scale))
+    return WindowPlan(tile, raster_overlap, tile_size, batch_size, raster_m, model_m, source)
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """Everything a worker needs to process a batch of tiles (small and picklable)."""
+
+    raster: str
+    tiles: list[tiling.Tile]
+    backend: str
+    checkpoint: str
+    device: str
+    tta: TTASettings
+    crf: CRFSettings | None
+    plan: WindowPlan
+    colours: crf_module.ColourMapping | None = None
+    crf_processes: int = 1
+    confidence: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def process_batch(job: TileJob) -> list[TileCore]:
+    """Predict (and refine) a batch of tiles; returns each tile's core classes and confidence.
+
+    Tiles whose cores hold no valid pixel are not even read past their mask and come back as
+    ``None``; other nodata pixels come out as class ``CLASS_NODATA`` with confidence
+    ``CONFIDENCE_NODATA``.
+    """
+    predictor = load_model(job.backend, job.checkpoint, job.device, job.metadata)
+    with rasterio.open(job.raster) as ds:
+        reads = [io.read_window(ds, tile.read_window, tile.core_slices) for tile in job.tiles]
+    todo = [i for i, (data, _) in enumerate(reads) if data is not None]
+    if not todo:
+        return [None] * len(job.tiles)
+    images = {i: _to_model(job.plan, reads[i][0]) for i in todo}
+    batch = np.stack([images[i] for i in todo])
+    with _FORWARD_LOCK:
+        probs = dict(zip(todo, tta.predict(predictor, batch, job.tta)))
+    del batch
+    if job.crf is not None:
+        pairs = [(probs[i], crf_module.colour_features(images[i], job.colours),
+                  _mask_to_model(job.plan, reads[i][1])) for i in todo]
+        probs = dict(zip(todo, crf_module.refine_many(pairs, job.crf, job.crf_processes)))
+    cores: list[TileCore] = []
+    for i, (tile, (_, valid)) in enumerate(zip(job.tiles, reads)):
+        if i not in probs:
+            cores.append(None)
+            continue
+        rows, cols = tile.core_slices
+        nodata = ~valid[rows, cols]
+        p = _to_raster(job.plan, probs.pop(i), valid.shape)[:, rows, cols]
+        best = p.argmax(0)
+        classes = best.astype(np.uint8)
+        classes[nodata] = CLASS_NODATA
+        confidence = None
+        if job.confidence:
+            confidence = confidence_percent(np.take_along_axis(p, best[None], 0)[0])
+            confidence[nodata] = CONFIDENCE_NODATA
+        cores.append((classes, confidence))
+    return cores
+
+
+def _to_model(plan: WindowPlan, data: np.ndarray) -> np.ndarray:
+    """A window's pixels at the model's resolution (as read where that is the raster's)."""
+    shape = plan.model_shape(*data.shape[-2:])
+    return data if shape == data.shape[-2:] else resample.resize(data, shape)
+
+
+def _mask_to_model(plan: WindowPlan, valid: np.ndarray) -> np.ndarray:
+    shape = plan.model_shape(*valid.shape)
+    return valid if shape == valid.shape else resample.resize_mask(valid, shape)
+
+
+def _to_raster(plan: WindowPlan, probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Probabilities of a window back on the raster's grid."""
+    return probs if probs.shape[-2:] == tuple(shape) else resample.resize(probs, shape)
