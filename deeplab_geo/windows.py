@@ -147,7 +147,7 @@ def process_batch(job: TileJob) -> list[TileCore]:
     todo = [i for i, (data, _) in enumerate(reads) if data is not None]
     if not todo:
         return [None] * len(job.tiles)
-    images = {i: _to_model(job.plan, reads[i][0]) for i in todo}
+    images = {i: _to_model(job.plan, _blank_nodata(*reads[i])) for i in todo}
     batch = np.stack([images[i] for i in todo])
     with _FORWARD_LOCK:
         probs = dict(zip(todo, tta.predict(predictor, batch, job.tta)))
@@ -173,6 +173,12 @@ def process_batch(job: TileJob) -> list[TileCore]:
             confidence[nodata] = CONFIDENCE_NODATA
         cores.append((classes, confidence))
     return cores
+
+
+def _blank_nodata(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Nodata pixels set to 0, so that fill values (-99999, say) reach neither the model nor,
+    through resampling, their valid neighbours."""
+    return data if valid.all() else np.where(valid, data, data.dtype.type(0))
 
 
 def _to_model(plan: WindowPlan, data: np.ndarray) -> np.ndarray:

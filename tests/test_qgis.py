@@ -228,6 +228,26 @@ def test_segment_raster_writes_georeferenced_classes_and_polygons(qgis_home, tmp
 
 @pytest.mark.qgis
 @needs_qgis
+def test_segment_raster_runs_a_zoo_onnx_model_at_its_own_tiles(qgis_home, tmp_path,
+                                                               sample_scene):
+    """A Deepness-style .onnx with a fixed 64 px input: the dialog's default tiles give way to
+    the model's, and its class names reach the class raster."""
+    from tests.test_zoo import DEEPNESS, Net, export
+
+    model = export(tmp_path / "zoo.onnx", Net(), size=64, batch=1, metadata=DEEPNESS)
+    out = tmp_path / "result"
+    out.mkdir()
+    done = run_algorithm(qgis_env(qgis_home, tmp_path / "tmp"), "deeplab_geo:segment_raster",
+                         INPUT=sample_scene, CHECKPOINT=model, TILE_SIZE=1024, OVERLAP=128,
+                         CRF="false", OUTPUT=out / "classes.tif")
+    assert done.returncode == 0, done.stderr
+    assert_same_grid(out / "classes.tif", sample_scene)
+    with rasterio.open(out / "classes.tif") as ds:
+        assert ds.tags()["CLASS_NAMES"] == "water,land,road"
+
+
+@pytest.mark.qgis
+@needs_qgis
 def test_run_pipeline_publishes_into_the_pipelines_output_dir(qgis_home, tmp_path,
                                                               tiny_pipeline):
     other = write_raster(tmp_path / "other.tif", two_region_image(40, 56, seed=3))

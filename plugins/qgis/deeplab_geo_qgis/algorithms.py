@@ -103,8 +103,10 @@ class SegmentRasterAlgorithm(_DeepLabGeoAlgorithm):
             "Segments a raster into land-cover classes with a DeepLab model by running the "
             "deeplab-geo command line (set under Settings > Options > Processing > Providers > "
             "deeplab-geo, or with $DEEPLAB_GEO_EXECUTABLE).<br><br>"
-            "<b>Model checkpoint</b>: a .safetensors file with its .json beside it (or an .onnx "
-            "export); leave empty for the bundled demo model.<br>"
+            "<b>Model checkpoint</b>: a .safetensors file with its .json beside it, an .onnx "
+            "export, or a zoo .onnx model (Deepness, GeoDeep) with its metadata; leave empty "
+            "for the bundled demo model. A zoo model's own tile size and overlap are used "
+            "unless you set them.<br>"
             "<b>Tile size</b> and <b>Tile overlap</b>: windows in pixels; each tile keeps its "
             "core, half the overlap in from its edges.<br>"
             "<b>Refine with the dense CRF</b> and <b>CRF iterations</b>: DeepLab's fully "
@@ -193,12 +195,20 @@ class SegmentRasterAlgorithm(_DeepLabGeoAlgorithm):
         elif not checkpoint.startswith("builtin:"):
             checkpoint = os.path.abspath(checkpoint)
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        model = {"checkpoint": checkpoint, "device": device}
+        tiling = {"tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
+                  "overlap": self.parameterAsInt(parameters, self.OVERLAP, context)}
+        if checkpoint.lower().endswith(".onnx"):
+            # ONNX Runtime reads it; a zoo model with a fixed input sets its own tiles
+            model["backend"] = "onnx"
+            for key, name in (("tile_size", self.TILE_SIZE), ("overlap", self.OVERLAP)):
+                if tiling[key] == self.parameterDefinition(name).defaultValue():
+                    del tiling[key]  # left at the dialog's default: the model's own
         return {
             "input": raster_file(layer),
             "output_dir": "out",
-            "model": {"checkpoint": checkpoint, "device": device},
-            "tiling": {"tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
-                       "overlap": self.parameterAsInt(parameters, self.OVERLAP, context)},
+            "model": model,
+            "tiling": tiling,
             "crf": {"enabled": self.parameterAsBoolean(parameters, self.CRF, context),
                     "iterations": self.parameterAsInt(parameters, self.CRF_ITERATIONS,
                                                       context)},
