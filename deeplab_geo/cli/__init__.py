@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 import deeplab_geo
-from deeplab_geo.cli import backends, evaluate, export_onnx, run, sample, train
+from deeplab_geo.cli import (
+    backends,
+    evaluate,
+    export_onnx,
+    import_model,
+    run,
+    sample,
+    train,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,5 +22,5 @@ def main() -> None:
     """DeepLab land-cover segmentation of large aerial and satellite rasters."""
 
 
-for module in (run, sample, train, evaluate, export_onnx, backends):
+for module in (run, sample, train, evaluate, export_onnx, import_model, backends):
     main.add_command(module.command)
