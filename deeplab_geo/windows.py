@@ -80,7 +80,8 @@ def plan_windows(config: PipelineConfig, info: ModelInfo, ds: rasterio.DatasetRe
     """The run's geometry (see :class:`WindowPlan`).
 
     A model with a fixed input size or batch sets them; a pipeline that asks for others
-    explicitly is refused.
+    explicitly is refused. A model's own overlap (a zoo model's ``tiles_overlap``) is used
+    unless the pipeline gives one.
 
     Raises:
         ConfigError: a tile size or batch size the model cannot take.
@@ -92,8 +93,13 @@ def plan_windows(config: PipelineConfig, info: ModelInfo, ds: rasterio.DatasetRe
             raise ConfigError(f"tiling.tile_size {tile_size}: the model takes only "
                               f"{info.input_size} px tiles; leave tile_size out")
         tile_size = info.input_size
-        if overlap >= tile_size:
-            overlap = info.overlap if info.overlap is not None else tile_size // 8
+    if info.overlap is not None and "overlap" not in config.tiling.model_fields_set:
+        overlap = info.overlap  # the model's own advice (a zoo model's tiles_overlap)
+    if overlap >= tile_size:
+        if "overlap" in config.tiling.model_fields_set:
+            raise ConfigError(f"tiling.overlap {overlap}: the model's tiles are {tile_size} px; "
+                              "give a smaller overlap")
+        overlap = tile_size // 8
     if info.batch_size is not None:
         if "batch_size" in config.model.model_fields_set and batch_size != info.batch_size:
             raise ConfigError(f"model.batch_size {batch_size}: the model takes batches of "

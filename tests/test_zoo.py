@@ -238,3 +238,15 @@ def test_geographic_rasters_measure_pixels_in_metres_at_their_centre(tmp_path):
         size = io.ground_pixel_size_m(ds)
     # at 60 degrees north a degree of longitude is about half a degree of latitude
     assert 8.0 < size < 8.6
+
+
+def test_the_models_overlap_applies_unless_the_pipeline_gives_one(tmp_path, scene):
+    raster, _ = scene
+    path = export(tmp_path / "m.onnx", Net(), size=64, batch=1,
+                  metadata={**DEEPNESS, "tiles_overlap": 50})
+    own = run(config(tmp_path / "own", raster, path))
+    assert own.report["windows"]["overlap_px"] == 32
+    given = run(config(tmp_path / "given", raster, path, tiling={"overlap": 8}))
+    assert given.report["windows"]["overlap_px"] == 8
+    with pytest.raises(ConfigError, match="tiling.overlap 64: the model's tiles are 64 px"):
+        run(config(tmp_path / "bad", raster, path, tiling={"overlap": 64}))
