@@ -24,6 +24,8 @@ from deeplab_geo.errors import CheckpointError
 
 FORMAT = "deeplab-geo/1"
 BUILTIN_DIR = Path(__file__).resolve().parent / "weights"
+POOLING_CELL = 32
+"""Side in input pixels of the cells windowed pooling averages (:mod:`deeplab_geo.models.pooling`)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class ModelInfo:
     pixel; ``None``: unknown, rasters are used as they are). ``input_size`` and ``batch_size``
     are fixed by models whose graph takes only one shape (tiles and batches are then that
     size); ``overlap`` is a model's own advice on tile overlap (pixels), as zoo models give it.
+    ``reach`` is how far (pixels, each side, at the model's resolution) the model looks around
+    a pixel, measured by :func:`deeplab_geo.models.reach.measure_reach`; ``tiling.overlap:
+    auto`` overlaps tiles by twice that.
     """
 
     architecture: str
@@ -51,6 +56,16 @@ class ModelInfo:
     input_size: int | None = None
     batch_size: int | None = None
     overlap: int | None = None
+    reach: int | None = None
+
+    @property
+    def alignment(self) -> int:
+        """Tile offsets (pixels) at which the model computes what it computes on the whole
+        image: its pooling cell where it pools over windows (cells count from a tile's
+        corner; a shift of part of a cell changes every pooled value), else ``1``."""
+        if self.input_size is None and self.options.get("pooling_window"):
+            return POOLING_CELL
+        return 1
 
     def __post_init__(self) -> None:
         if len(self.classes) != self.num_classes or len(self.colours) != self.num_classes:
@@ -62,6 +77,8 @@ class ModelInfo:
                 self.in_channels:
             raise CheckpointError(
                 f"normalization needs one mean and std per band ({self.in_channels} bands)")
+        if self.reach is not None and not (isinstance(self.reach, int) and self.reach >= 0):
+            raise CheckpointError(f"reach must be a whole number of pixels >= 0, got {self.reach}")
         if self.resolution is not None and not self.resolution > 0:
             raise CheckpointError(f"resolution must be a positive number of metres per pixel, "
                                   f"got {self.resolution}")

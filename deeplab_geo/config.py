@@ -58,14 +58,19 @@ class TTASettings(_Section):
 
 
 class TilingSettings(_Section):
-    """How the raster is cut into overlapping windows (sizes in pixels)."""
+    """How the raster is cut into overlapping windows (sizes in pixels).
+
+    ``overlap: auto`` (the default) takes the model's own: twice its measured reach for
+    deeplab-geo models, a zoo model's ``tiles_overlap``; tiles then grow where ``tile_size``
+    cannot hold it (see :func:`deeplab_geo.windows.plan_windows`).
+    """
 
     tile_size: int = Field(512, ge=16, le=8192)
-    overlap: int = Field(64, ge=0)
+    overlap: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> TilingSettings:
-        if self.overlap >= self.tile_size:
+        if self.overlap != "auto" and self.overlap >= self.tile_size:
             raise ValueError(
                 f"overlap ({self.overlap}) must be smaller than tile_size ({self.tile_size})"
             )

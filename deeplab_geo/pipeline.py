@@ -108,7 +108,7 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
         io.check_raster(ds, bands=info.in_channels)
         profile = ds.profile
         plan = plan_windows(config, info, ds)
-        grid = tiling.tile_grid(ds.height, ds.width, plan.tile, plan.overlap)
+        grid = plan.grid(ds.height, ds.width)
         crf = None
         if config.crf.enabled:  # the CRF works at the model's resolution
             settings = config.crf
@@ -208,7 +208,7 @@ def _predict_all(config: PipelineConfig, plan: WindowPlan, grid: list[tiling.Til
                 config.model.device, config.tta, settings, plan, colours,
                 config.execution.crf_processes, config.outputs.confidence,
                 config.model.metadata)
-        for batch in tiling.batched(grid, plan.batch_size)
+        for batch in tiling.batches(grid, plan.batch_size)
     ]
     bar = progress(len(grid)) if progress else None
 

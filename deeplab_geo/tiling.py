@@ -11,6 +11,13 @@ Overlap rule (one axis of length ``n``, tile size ``t``, overlap ``o``, stride `
   overlap, so cores partition ``[0, n)`` exactly, and every core pixel not on the raster edge is
   at least ``o // 2`` pixels from its tile's border. Stitching keeps only the cores, so every
   pixel is predicted with context on all sides and no pixel is written twice.
+
+Aligned grids (``align > 1``) serve models whose output shifts exactly with their input only
+in steps of ``align`` pixels (a strided network's total stride, a windowed pool's cell): every
+tile starts at a multiple of ``align``, one step ``max(align, floor((t - o) / align) * align)``
+apart (so overlaps are at least ``min(o, t - align)``), and the
+last tile is cut off at ``n`` instead of being moved back (it is then smaller than ``t``).
+Tiles of one size are batched together (:func:`batches`).
 """
 
 from __future__ import annotations
@@ -62,26 +69,35 @@ class Tile:
         return slice(r0, r0 + self.core_row.size), slice(c0, c0 + self.core_col.size)
 
 
-def axis_spans(length: int, tile_size: int, overlap: int) -> list[tuple[Span, Span]]:
+def axis_spans(length: int, tile_size: int, overlap: int, align: int = 1
+               ) -> list[tuple[Span, Span]]:
     """Cut one axis into (tile, core) spans following the module's overlap rule."""
     if length < 1:
         raise ValueError(f"axis length must be positive, got {length}")
     if not 0 <= overlap < tile_size:
         raise ValueError(f"need 0 <= overlap < tile_size, got {overlap} and {tile_size}")
+    if align < 1:
+        raise ValueError(f"align must be positive, got {align}")
     if length <= tile_size:
         whole = Span(0, length)
         return [(whole, whole)]
-    count = -(-(length - overlap) // (tile_size - overlap))
-    starts = [round(i * (length - tile_size) / (count - 1)) for i in range(count)]
-    tiles = [Span(s, s + tile_size) for s in starts]
+    if align > 1:
+        step = max(align, (tile_size - overlap) // align * align)
+        count = 1 + -(-(length - tile_size) // step)
+        tiles = [Span(i * step, min(i * step + tile_size, length)) for i in range(count)]
+    else:
+        count = -(-(length - overlap) // (tile_size - overlap))
+        starts = [round(i * (length - tile_size) / (count - 1)) for i in range(count)]
+        tiles = [Span(s, s + tile_size) for s in starts]
     cuts = [0] + [(a.stop + b.start) // 2 for a, b in zip(tiles, tiles[1:])] + [length]
     return [(t, Span(c0, c1)) for t, c0, c1 in zip(tiles, cuts, cuts[1:])]
 
 
-def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:
+def tile_grid(height: int, width: int, tile_size: int, overlap: int, align: int = 1
+              ) -> list[Tile]:
     """All tiles of a ``height`` x ``width`` raster, in row-major order."""
-    rows = axis_spans(height, tile_size, overlap)
-    cols = axis_spans(width, tile_size, overlap)
+    rows = axis_spans(height, tile_size, overlap, align)
+    cols = axis_spans(width, tile_size, overlap, align)
     return [Tile(r, c, rc, cc) for (r, rc), (c, cc) in product(rows, cols)]
 
 
@@ -103,6 +119,20 @@ def strip_bounds(height: int, width: int, block_rows: int,
         strip_rows = blocks * block_rows
     strip_rows = max(1, int(strip_rows))
     return [(r, min(r + strip_rows, height)) for r in range(0, height, strip_rows)]
+
+
+def batches(tiles: list[Tile], size: int) -> list[list[Tile]]:
+    """Consecutive tiles of one read size, at most ``size`` per batch (a batch is one array)."""
+    if size < 1:
+        raise ValueError(f"batch size must be positive, got {size}")
+    out: list[list[Tile]] = []
+    for tile in tiles:
+        if out and len(out[-1]) < size and (out[-1][0].row.size, out[-1][0].col.size) == \
+                (tile.row.size, tile.col.size):
+            out[-1].append(tile)
+        else:
+            out.append([tile])
+    return out
 
 
 def batched(items: list, size: int) -> list[list]:

@@ -47,7 +47,7 @@ from deeplab_geo.models.checkpoint import (
     resolve,
     save_checkpoint,
 )
-from deeplab_geo.models.reach import trim_unreached_taps
+from deeplab_geo.models.reach import measure_reach, trim_unreached_taps
 
 DEFAULT_ARCHITECTURE = "deeplabv3_lite_mobilenet_v3_small"
 IMAGENET_NORMALIZATION = {"scale": 255.0, "mean": [0.485, 0.456, 0.406],
@@ -419,7 +419,9 @@ def _train(config: TrainConfig, log: Callable[[str], None],
               "device": str(device), "amp": str(amp_dtype).removeprefix("torch.")
               if amp_dtype else None, "resumed_at_step": start or None,
               "trimmed_taps": trimmed or None}
-    info = ModelInfo(**{**asdict(info), "training": record})
+    reach = measure_reach(model, info.in_channels)
+    log(f"reach {reach} px" if reach else "reach: the whole input (global pooling)")
+    info = ModelInfo(**{**asdict(info), "training": record, "reach": reach})
     path = save_checkpoint(model, info, config.output)
     log(f"wrote {path}")
     return TrainResult(path, val_miou, seconds, float(running or 0.0), start or None)

@@ -14,6 +14,7 @@ of :mod:`deeplab_geo.tiling` still partition it exactly.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,11 +30,16 @@ from deeplab_geo.errors import ConfigError
 from deeplab_geo.plugins import load_model
 from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, TileCore, confidence_percent
 
+log = logging.getLogger(__name__)
+
 _FORWARD_LOCK = threading.Lock()
 """One forward pass at a time in a process: a backend already uses every core (or the GPU),
 and two passes at once would hold two batches' activations."""
 
 _SAME = 1e-3  # resolutions closer than this (relative) are the same
+
+
+_FALLBACK_OVERLAP = 64  # model pixels, for models that record neither reach nor overlap
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class WindowPlan:
         raster_m, model_m: pixel size of the raster and of the model on the ground (metres;
             ``model_m`` is ``raster_m`` when the model runs at the raster's resolution).
         source: where the model's resolution came from.
+        align: tiles start at multiples of this many raster pixels (see :mod:`deeplab_geo.tiling`).
+        overlap_source: where the overlap came from.
     """
 
     tile: int
@@ -56,6 +64,8 @@ class WindowPlan:
     raster_m: float | None
     model_m: float | None
     source: str
+    align: int = 1
+    overlap_source: str = "tiling.overlap"
 
     @property
     def scale(self) -> float:
@@ -68,10 +78,15 @@ class WindowPlan:
             return height, width
         return max(1, round(height * self.scale)), max(1, round(width * self.scale))
 
+    def grid(self, height: int, width: int) -> list[tiling.Tile]:
+        """The tiles of a ``height`` x ``width`` raster."""
+        return tiling.tile_grid(height, width, self.tile, self.overlap, self.align)
+
     def report(self) -> dict[str, Any]:
         return {"raster_m_per_px": self.raster_m, "model_m_per_px": self.model_m,
                 "source": self.source, "model_px_per_raster_px": round(self.scale, 6),
                 "tile_px": self.tile, "overlap_px": self.overlap,
+                "overlap_source": self.overlap_source, "align_px": self.align,
                 "model_tile_px": self.model_tile, "batch_size": self.batch_size}
 
 
@@ -80,31 +95,29 @@ def plan_windows(config: PipelineConfig, info: ModelInfo, ds: rasterio.DatasetRe
     """The run's geometry (see :class:`WindowPlan`).
 
     A model with a fixed input size or batch sets them; a pipeline that asks for others
-    explicitly is refused. A model's own overlap (a zoo model's ``tiles_overlap``) is used
-    unless the pipeline gives one.
+    explicitly is refused. ``tiling.overlap: auto`` takes the model's own overlap: a zoo
+    model's ``tiles_overlap``, or twice the reach a deeplab-geo model records (then a tile too
+    small to keep a core as wide as the overlap grows to twice the overlap, with a warning if
+    the pipeline set ``tile_size``). An explicit overlap below twice the reach logs a warning
+    that names the reach. Where the model runs at the raster's resolution, tiles start at
+    multiples of its alignment (:attr:`ModelInfo.alignment`).
 
     Raises:
         ConfigError: a tile size or batch size the model cannot take.
     """
-    tile_size, overlap = config.tiling.tile_size, config.tiling.overlap
-    batch_size = config.model.batch_size
+    asked = config.tiling.model_fields_set
+    tile_size, batch_size = config.tiling.tile_size, config.model.batch_size
     if info.input_size is not None:
-        if "tile_size" in config.tiling.model_fields_set and tile_size != info.input_size:
+        if "tile_size" in asked and tile_size != info.input_size:
             raise ConfigError(f"tiling.tile_size {tile_size}: the model takes only "
                               f"{info.input_size} px tiles; leave tile_size out")
         tile_size = info.input_size
-    if info.overlap is not None and "overlap" not in config.tiling.model_fields_set:
-        overlap = info.overlap  # the model's own advice (a zoo model's tiles_overlap)
-    if overlap >= tile_size:
-        if "overlap" in config.tiling.model_fields_set:
-            raise ConfigError(f"tiling.overlap {overlap}: the model's tiles are {tile_size} px; "
-                              "give a smaller overlap")
-        overlap = tile_size // 8
     if info.batch_size is not None:
         if "batch_size" in config.model.model_fields_set and batch_size != info.batch_size:
             raise ConfigError(f"model.batch_size {batch_size}: the model takes batches of "
                               f"{info.batch_size} only; leave batch_size out")
         batch_size = info.batch_size
+    tile_size, overlap, overlap_source = _tile_and_overlap(config, info, tile_size)
     raster_m = io.ground_pixel_size_m(ds) if ds.crs is not None else None
     setting = config.model.resolution
     if setting == "native" or (setting == "auto" and info.resolution is None) \
@@ -116,10 +129,47 @@ def plan_windows(config: PipelineConfig, info: ModelInfo, ds: rasterio.DatasetRe
         model_m, source = float(setting), "model.resolution"
     scale = raster_m / model_m if raster_m and model_m else 1.0
     if abs(scale - 1) < _SAME:
-        return WindowPlan(tile_size, overlap, tile_size, batch_size, raster_m, model_m, source)
+        return WindowPlan(tile_size, overlap, tile_size, batch_size, raster_m, model_m, source,
+                          info.alignment, overlap_source)
     tile = max(1, round(tile_size / scale))
     raster_overlap = min(tile - 1, round(overlap / scale))
-    return WindowPlan(tile, raster_overlap, tile_size, batch_size, raster_m, model_m, source)
+    return WindowPlan(tile, raster_overlap, tile_size, batch_size, raster_m, model_m, source,
+                      1, overlap_source)
+
+
+def _tile_and_overlap(config: PipelineConfig, info: ModelInfo, tile_size: int
+                      ) -> tuple[int, int, str]:
+    """Tile size and overlap at the model's resolution, and where the overlap came from."""
+    asked = config.tiling.model_fields_set
+    overlap = config.tiling.overlap
+    if overlap != "auto":
+        if info.reach and overlap < 2 * info.reach:
+            log.warning("tiling.overlap %d is below the model's reach: it looks %d px around "
+                        "each pixel, so pixels nearer a tile's edge than that may differ from a "
+                        "whole-image prediction; use overlap: auto (%d px)",
+                        overlap, info.reach, 2 * info.reach)
+        if overlap >= tile_size:  # a model with a fixed, smaller input
+            raise ConfigError(f"tiling.overlap {overlap}: the model's tiles are {tile_size} px; "
+                              "give a smaller overlap")
+        return tile_size, overlap, "tiling.overlap"
+    if info.overlap is not None:
+        overlap, source = info.overlap, "the model's own (tiles_overlap)"
+        if overlap >= tile_size:
+            overlap = tile_size // 8
+    elif info.reach is not None:
+        overlap, source = 2 * info.reach, f"twice the model's reach ({info.reach} px)"
+    else:
+        overlap, source = _FALLBACK_OVERLAP, "default (the model records no reach)"
+    if tile_size - overlap < overlap:
+        if info.input_size is not None:
+            return tile_size, min(overlap, tile_size // 2), source
+        grown = -(-2 * overlap // 32) * 32
+        log.log(logging.WARNING if "tile_size" in asked else logging.INFO,
+                "tiling.tile_size %d cannot hold the model's overlap of %d px and a core as "
+                "wide; tiles of %d px are used (give tiling.overlap to keep %d px tiles)",
+                tile_size, overlap, grown, tile_size)
+        tile_size = grown
+    return tile_size, overlap, source
 
 
 @dataclass(frozen=True)
@@ -154,10 +204,12 @@ def process_batch(job: TileJob) -> list[TileCore]:
     if not todo:
         return [None] * len(job.tiles)
     images = {i: _to_model(job.plan, _blank_nodata(*reads[i])) for i in todo}
-    batch = np.stack([images[i] for i in todo])
+    batch = _pad_to(np.stack([images[i] for i in todo]), job.plan.align)
     with _FORWARD_LOCK:
-        probs = dict(zip(todo, tta.predict(predictor, batch, job.tta)))
-    del batch
+        out = tta.predict(predictor, batch, job.tta)
+    height, width = images[todo[0]].shape[-2:]
+    probs = dict(zip(todo, out[..., :height, :width]))
+    del batch, out
     if job.crf is not None:
         pairs = [(probs[i], crf_module.colour_features(images[i], job.colours),
                   _mask_to_model(job.plan, reads[i][1])) for i in todo]
@@ -179,6 +231,21 @@ def process_batch(job: TileJob) -> list[TileCore]:
             confidence[nodata] = CONFIDENCE_NODATA
         cores.append((classes, confidence))
     return cores
+
+
+def _pad_to(batch: np.ndarray, align: int) -> np.ndarray:
+    """A batch padded at its bottom and right, by repeating the edge, to multiples of ``align``.
+
+    Tiles start at multiples of ``align`` (:mod:`deeplab_geo.tiling`); padding each to a
+    multiple too puts every one, the cut-off last tiles included, on the same grid of strides
+    and pooling cells as the whole raster padded once, so a model sees the same padding at the
+    raster's far edges whichever tile holds them.
+    """
+    height, width = batch.shape[-2:]
+    pad = (-height % align, -width % align)
+    if align == 1 or pad == (0, 0):
+        return batch
+    return np.pad(batch, [(0, 0)] * (batch.ndim - 2) + [(0, pad[0]), (0, pad[1])], mode="edge")
 
 
 def _blank_nodata(data: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ def test_a_torchvision_state_dict_runs_as_it_ran_in_torchvision(tmp_path, aux):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["classes"] == ["water", "forest", "field", "road"]
     assert meta["resolution"] == 0.3 and meta["output_stride"] == 16
+    assert meta["reach"] is None  # torchvision's models pool globally: no finite reach
     x = np.random.default_rng(0).integers(0, 255, (1, 3, 96, 96)).astype(np.float32)
     ours = get_backend("torch").load(str(out), device="cpu").predict(x)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -85,9 +86,10 @@ def test_a_kazuto1011_deeplab_v2_checkpoint_imports_into_the_caffe_variant(tmp_p
     torch.save(kazuto, weights)
     out, layout = import_model(weights, tmp_path / "v2.safetensors",
                                architecture="deeplabv2_resnet101",
-                               classes=[f"c{i}" for i in range(21)])
+                               classes=[f"c{i}" for i in range(21)], reach=160)
     assert layout == "kazuto1011"
-    assert json.loads(out.with_suffix(".json").read_text())["options"] == {"caffe": True}
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["options"], meta["reach"]) == ({"caffe": True}, 160)
 
 
 def test_weights_that_do_not_fit_and_pickles_with_code_are_refused(tmp_path):

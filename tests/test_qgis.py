@@ -238,7 +238,7 @@ def test_segment_raster_runs_a_zoo_onnx_model_at_its_own_tiles(qgis_home, tmp_pa
     out = tmp_path / "result"
     out.mkdir()
     done = run_algorithm(qgis_env(qgis_home, tmp_path / "tmp"), "deeplab_geo:segment_raster",
-                         INPUT=sample_scene, CHECKPOINT=model, TILE_SIZE=1024, OVERLAP=128,
+                         INPUT=sample_scene, CHECKPOINT=model, TILE_SIZE=1024, OVERLAP=-1,
                          CRF="false", OUTPUT=out / "classes.tif")
     assert done.returncode == 0, done.stderr
     assert_same_grid(out / "classes.tif", sample_scene)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from deeplab_geo import models
-from deeplab_geo.models.reach import input_strides, trim_unreached_taps
+from deeplab_geo.models.reach import input_strides, measure_reach, trim_unreached_taps
 
 
 def test_demo_model_trained_on_256_px_crops_loses_the_far_taps_of_its_rate_24_and_36_branches():
@@ -43,3 +43,37 @@ def test_input_strides_and_bad_crop():
     assert input_strides(net, [net[0], net[1]]) == [1, 2]
     with pytest.raises(ValueError, match="crop_size must be positive"):
         trim_unreached_taps(net, 0)
+
+
+def test_measured_reach_grows_with_depth_and_global_pooling_has_none():
+    def stack(layers):
+        net = nn.Sequential(*[nn.Conv2d(1, 1, 3, padding=1, bias=False) for _ in range(layers)])
+        for conv in net:
+            nn.init.constant_(conv.weight, 1 / 9)
+        return net
+
+    # a stack of n 3x3 means spreads a pixel's gradient over at most n px each side
+    shallow, deep = (measure_reach(stack(n), 1, multiple=1, probe=64) for n in (3, 12))
+    assert 1 <= shallow <= 3 and shallow < deep <= 12
+
+    class GlobalMean(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 1)
+
+        def forward(self, x):
+            return self.conv(x) * 0.001 + x.mean((2, 3), keepdim=True).expand_as(x)
+
+    assert measure_reach(GlobalMean(), 1, probe=64) is None  # it looks at the whole input
+    pooled = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.AdaptiveAvgPool2d(1))
+    assert measure_reach(pooled, 1) is None  # known from its modules, without a probe
+    with pytest.raises(ValueError, match="mass"):
+        measure_reach(stack(1), 1, mass=1.0)
+
+
+def test_the_demo_model_records_the_reach_it_has():
+    from deeplab_geo.models.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint("builtin:landcover-demo")
+    assert info.reach == measure_reach(model, info.in_channels) == 192
+    assert info.alignment == 32  # it pools over windows of 32 px cells

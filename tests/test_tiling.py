@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deeplab_geo.tiling import axis_spans, batched, tile_grid
+from deeplab_geo.tiling import Span, axis_spans, batched, batches, tile_grid
 
 
 @pytest.mark.parametrize("length", [1, 7, 31, 32, 33, 63, 64, 100, 257, 1000, 2049])
@@ -56,3 +56,29 @@ def test_batched():
     assert batched(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
     with pytest.raises(ValueError):
         batched([1], 0)
+
+
+@pytest.mark.parametrize("length,tile,overlap,align", [(1000, 512, 64, 32), (1100, 768, 384, 32),
+                                                      (97, 40, 20, 8), (64, 40, 39, 8)])
+def test_aligned_spans_start_on_the_grid_and_cut_the_last_tile_off(length, tile, overlap, align):
+    spans = axis_spans(length, tile, overlap, align)
+    tiles = [t for t, _ in spans]
+    assert all(t.start % align == 0 and 0 < t.size <= tile for t in tiles)
+    assert tiles[0].start == 0 and tiles[-1].stop == length
+    assert all(t.size == tile for t in tiles[:-1])
+    # a step is at least one align: the overlap is then at most tile - align
+    assert all(a.stop - b.start >= min(overlap, tile - align) for a, b in zip(tiles, tiles[1:]))
+    cores = [c for _, c in spans]
+    assert cores[0].start == 0 and cores[-1].stop == length
+    assert all(a.stop == b.start for a, b in zip(cores, cores[1:]))
+    assert all(t.start <= c.start and c.stop <= t.stop for t, c in spans)
+    assert axis_spans(30, 40, 8, 8) == [(Span(0, 30), Span(0, 30))]
+
+
+def test_batches_hold_tiles_of_one_size():
+    grid = tile_grid(100, 90, 40, 8, align=16)  # the last row and column are smaller
+    groups = batches(grid, 2)
+    assert [t for group in groups for t in group] == grid
+    assert all(len(g) <= 2 and len({(t.row.size, t.col.size) for t in g}) == 1 for g in groups)
+    with pytest.raises(ValueError):
+        batches(grid, 0)

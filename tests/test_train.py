@@ -259,3 +259,14 @@ def test_trim_taps_zeroes_far_taps_after_training_and_records_them(tmp_path):
     ring = torch.ones(3, 3, dtype=torch.bool)
     ring[1, 1] = False
     assert (w[:, :, ring] == 0).all() and (w[:, :, 1, 1] != 0).any()
+
+
+def test_training_records_the_models_reach_where_it_is_finite(tmp_path):
+    config = _voc_config(tmp_path, 1, checkpoint_every=None)
+    windowed = TrainConfig.model_validate({**config.model_dump(), "model": {
+        **config.model.model_dump(), "options": {"pooling_window": 64}}})
+    logs: list[str] = []
+    _, info = load_checkpoint(train(windowed, log=logs.append).checkpoint)
+    assert info.reach is not None and info.reach % 32 == 0 and f"reach {info.reach} px" in logs
+    _, pooled = load_checkpoint(train(config, log=lambda _: None).checkpoint)
+    assert pooled.reach is None  # global pooling looks at the whole input

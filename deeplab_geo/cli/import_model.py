@@ -68,10 +68,15 @@ def _colours(text: str | None) -> list[list[int]] | None:
 @click.option("--in-channels", type=int, default=3, show_default=True, help="Input bands.")
 @click.option("--output-stride", type=click.Choice(["8", "16"]),
               help="Output stride (default: the architecture's).")
+@click.option("--reach", default="auto", show_default=True,
+              help="Pixels the model looks around each pixel (tiling.overlap: auto overlaps "
+              "tiles by twice it): auto measures it (seconds to minutes on a CPU), none "
+              "records none, or a number.")
 @reports_errors
 def command(weights: Path, architecture: str, classes: str | None, classes_file: Path | None,
             out: Path, colours: str | None, scale: float, mean: str | None, std: str | None,
-            resolution: float | None, in_channels: int, output_stride: str | None) -> None:
+            resolution: float | None, in_channels: int, output_stride: str | None,
+            reach: str) -> None:
     """Write a deeplab-geo checkpoint (OUT and its .json) from the state dict WEIGHTS."""
     from deeplab_geo.models.importing import import_model
 
@@ -95,6 +100,14 @@ def command(weights: Path, architecture: str, classes: str | None, classes_file:
     path, layout = import_model(
         weights, out, architecture=architecture, classes=names, colours=_colours(colours),
         normalization=normalization, resolution=resolution, in_channels=in_channels,
-        output_stride=int(output_stride) if output_stride else None)
+        output_stride=int(output_stride) if output_stride else None, reach=_reach(reach))
     click.echo(f"Imported {weights.name} ({layout} layout) as {architecture} with "
                f"{len(names)} classes: {path}")
+
+
+def _reach(text: str) -> int | None | str:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    if not text.isdigit():
+        raise ConfigError(f"--reach {text}: give auto, none or a whole number of pixels")
+    return int(text)

@@ -26,8 +26,9 @@ does not.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -37,6 +38,7 @@ from deeplab_geo.errors import CheckpointError
 from deeplab_geo.models import default_output_stride
 from deeplab_geo.models.checkpoint import _read_state_dict, save_checkpoint
 from deeplab_geo.models.convert import from_kazuto1011
+from deeplab_geo.models.reach import measure_reach
 
 IMAGENET = {"scale": 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -45,7 +47,8 @@ def import_model(weights: str | Path, out: str | Path, *, architecture: str,
                  classes: list[str], colours: list[list[int]] | None = None,
                  normalization: dict[str, Any] | None = None, resolution: float | None = None,
                  in_channels: int = 3, output_stride: int | None = None,
-                 options: dict[str, Any] | None = None) -> tuple[Path, str]:
+                 options: dict[str, Any] | None = None,
+                 reach: int | None | Literal["auto"] = "auto") -> tuple[Path, str]:
     """Write ``out`` (``.safetensors`` with its ``.json``) from foreign ``weights``.
 
     Args:
@@ -57,6 +60,9 @@ def import_model(weights: str | Path, out: str | Path, *, architecture: str,
         normalization: ``{"scale", "mean", "std"}`` (default: ImageNet's, for 3 bands).
         resolution: the ground sampling distance the weights were trained at (m/px).
         in_channels, output_stride, options: as :func:`deeplab_geo.models.build` takes them.
+        reach: pixels the model looks around each pixel (``tiling.overlap: auto`` uses twice
+            it); ``"auto"`` measures it (:func:`deeplab_geo.models.reach.measure_reach`, from
+            seconds to a couple of minutes on a CPU), ``None`` records none.
 
     Returns:
         The path written and the layout that was recognised.
@@ -93,6 +99,9 @@ def import_model(weights: str | Path, out: str | Path, *, architecture: str,
         raise CheckpointError(f"{weights.name}: the weights do not fit {architecture} with "
                               f"{len(classes)} classes ({lines[0] if lines else exc}); check "
                               "--architecture, --classes and --output-stride") from None
+    if reach == "auto":
+        reach = measure_reach(model, in_channels)
+    info = dataclasses.replace(info, reach=reach)
     return save_checkpoint(model.eval(), info, out), layout
 
 

@@ -26,9 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops.misc import SqueezeExcitation
 
+from deeplab_geo.checkpoints import POOLING_CELL
 from deeplab_geo.models.reach import input_strides
 
-CELL_PIXELS = 32
+CELL_PIXELS = POOLING_CELL
 """Side of a pooling cell in input pixels; tile steps that are multiples of it pool exactly."""
 
 

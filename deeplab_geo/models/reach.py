@@ -71,3 +71,66 @@ def input_strides(model: nn.Module, modules: list[nn.Module]) -> list[int]:
         for hook in hooks:
             hook.remove()
     return [strides[i] for i in range(len(modules))]
+
+
+REACH_MASS = 0.99
+"""Share of the input gradient that lies within a model's reach (see :func:`measure_reach`)."""
+
+
+def measure_reach(model: nn.Module, in_channels: int, *, multiple: int = 32,
+                  probe: int = 768, mass: float = REACH_MASS) -> int | None:
+    """How far (input pixels, each side) a model looks around a pixel, rounded up to ``multiple``.
+
+    Every weight of a deep network reaches further than it matters: the theoretical receptive
+    field of a DeepLab backbone spans most of a tile, while the prediction at a pixel depends
+    almost entirely on a much smaller neighbourhood (Luo et al., "Understanding the effective
+    receptive field", NeurIPS 2016). The reach is measured, not derived: the gradient of the
+    centre pixel's scores with respect to a smooth random image, and the smallest square
+    around the centre (Chebyshev radius) that holds ``mass`` of its absolute sum. Windowed
+    pooling (:mod:`deeplab_geo.models.pooling`) is part of the network, so its box counts.
+    The probe doubles once if the reach does not fit well inside it; a model that reaches
+    further still, or that pools globally (it looks at the whole input), gets ``None``.
+
+    Tiles that overlap by twice the reach, starting at multiples of the model's alignment,
+    give the same classes as one whole-image prediction on >= 99.9% of pixels for the demo
+    model (``benchmarks/agreement.py``).
+    """
+    if not 0 < mass < 1:
+        raise ValueError(f"mass must lie in (0, 1), got {mass}")
+    if any(isinstance(m, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d) and
+           tuple(_pair(m.output_size)) == (1, 1) for m in model.modules()):
+        return None  # a global pool looks at the whole input
+    training = model.training
+    model.eval()
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    try:
+        for size in (probe, 2 * probe):
+            radius = _gradient_radius(model, in_channels, size, mass, first.weight)
+            if radius < size // 2 - multiple:
+                return max(multiple, -(-radius // multiple) * multiple)
+    finally:
+        model.train(training)
+    return None
+
+
+def _pair(size: object) -> tuple:
+    return size if isinstance(size, tuple) else (size, size)
+
+
+def _gradient_radius(model: nn.Module, in_channels: int, size: int, mass: float,
+                     like: torch.Tensor) -> int:
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.randn(1, in_channels, size // 8, size // 8, generator=generator)
+    image = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear",
+                                            align_corners=False)
+    image = (image / image.std()).to(device=like.device, dtype=like.dtype).requires_grad_(True)
+    out = model(image)
+    out = out["out"] if isinstance(out, dict) else out
+    centre = size // 2
+    out[0, :, centre, centre].abs().sum().backward()
+    grad = image.grad[0].abs().sum(0).double()
+    offsets = (torch.arange(size) - centre).abs()
+    distance = torch.maximum(offsets[:, None], offsets[None, :]).flatten()
+    profile = torch.zeros(size, dtype=torch.float64).index_add_(0, distance, grad.flatten())
+    cumulative = profile.cumsum(0) / profile.sum()
+    return int(torch.searchsorted(cumulative, torch.tensor(mass, dtype=torch.float64)))

@@ -108,7 +108,8 @@ class SegmentRasterAlgorithm(_DeepLabGeoAlgorithm):
             "for the bundled demo model. A zoo model's own tile size and overlap are used "
             "unless you set them.<br>"
             "<b>Tile size</b> and <b>Tile overlap</b>: windows in pixels; each tile keeps its "
-            "core, half the overlap in from its edges.<br>"
+            "core, half the overlap in from its edges. An overlap of -1 takes the model's own "
+            "(twice the reach it records, or a zoo model's tiles_overlap).<br>"
             "<b>Refine with the dense CRF</b> and <b>CRF iterations</b>: DeepLab's fully "
             "connected CRF on each tile (slower, sharper boundaries).<br>"
             "<b>Minimum polygon area</b>: in m² (the pipeline's vectorize.min_area); no polygon "
@@ -127,8 +128,8 @@ class SegmentRasterAlgorithm(_DeepLabGeoAlgorithm):
             self.TILE_SIZE, "Tile size (pixels)", QgsProcessingParameterNumber.Integer,
             defaultValue=1024, minValue=16, maxValue=8192))
         self.addParameter(QgsProcessingParameterNumber(
-            self.OVERLAP, "Tile overlap (pixels)", QgsProcessingParameterNumber.Integer,
-            defaultValue=128, minValue=0))
+            self.OVERLAP, "Tile overlap (pixels; -1: the model's own)",
+            QgsProcessingParameterNumber.Integer, defaultValue=-1, minValue=-1))
         self.addParameter(QgsProcessingParameterBoolean(
             self.CRF, "Refine with the dense CRF", defaultValue=True))
         self.addParameter(QgsProcessingParameterNumber(
@@ -196,14 +197,15 @@ class SegmentRasterAlgorithm(_DeepLabGeoAlgorithm):
             checkpoint = os.path.abspath(checkpoint)
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
         model = {"checkpoint": checkpoint, "device": device}
-        tiling = {"tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
-                  "overlap": self.parameterAsInt(parameters, self.OVERLAP, context)}
+        tiling = {"tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context)}
+        overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
+        if overlap >= 0:
+            tiling["overlap"] = overlap  # else auto: from the model's reach or tiles_overlap
         if checkpoint.lower().endswith(".onnx"):
             # ONNX Runtime reads it; a zoo model with a fixed input sets its own tiles
             model["backend"] = "onnx"
-            for key, name in (("tile_size", self.TILE_SIZE), ("overlap", self.OVERLAP)):
-                if tiling[key] == self.parameterDefinition(name).defaultValue():
-                    del tiling[key]  # left at the dialog's default: the model's own
+            if tiling["tile_size"] == self.parameterDefinition(self.TILE_SIZE).defaultValue():
+                del tiling["tile_size"]  # left at the dialog's default: the model's own
         return {
             "input": raster_file(layer),
             "output_dir": "out",
