@@ -46,7 +46,8 @@ def agreement(raster: Path, image: np.ndarray, checkpoint: str, tiles: list[tupl
         config = validate_pipeline({
             "input": str(raster), "output_dir": str(workdir / f"run-{tile}-{overlap}"),
             "model": {"checkpoint": checkpoint, "backend": backend, "device": "cpu"},
-            "tiling": {"tile_size": tile, "overlap": overlap if overlap == "auto" else int(overlap)},
+            "tiling": {"tile_size": tile,
+                       "overlap": overlap if overlap == "auto" else int(overlap)},
             "crf": {"enabled": False}, "vectorize": {"enabled": False}})
         result = run(config)
         with rasterio.open(result.outputs["classes"]) as src:

@@ -25,7 +25,8 @@ from deeplab_geo.errors import CheckpointError
 FORMAT = "deeplab-geo/1"
 BUILTIN_DIR = Path(__file__).resolve().parent / "weights"
 POOLING_CELL = 32
-"""Side in input pixels of the cells windowed pooling averages (:mod:`deeplab_geo.models.pooling`)."""
+"""Side in input pixels of the cells that windowed pooling averages
+(:mod:`deeplab_geo.models.pooling`)."""
 
 
 @dataclass(frozen=True)
