@@ -452,6 +452,14 @@ class ChipsDataSettings(_Section):
     Each block is tiled into ``chip_size`` chips (``stride`` apart, the last row and column
     flush with the block's edge), so no chip crosses from one area into the other; chips with
     less than ``min_labelled`` of their pixels labelled are skipped.
+
+    ``region`` (``[col_off, row_off, width, height]`` in pixels) limits training and
+    validation to that part of the raster, so that the rest stays unseen for a hold-out score;
+    blocks are cut from its top-left corner. ``class_values`` gives the label value of each
+    class in ``classes`` order (``[1, 2, 3]`` for labels coded from 1; other values are not
+    labelled); by default a label is the class id. A vector ``class_field`` may hold class names
+    instead of ids; they are matched against ``classes``. Nodata pixels of the raster are
+    ignored and set to 0 in the images, as inference does.
     """
 
     kind: Literal["chips"]
@@ -460,6 +468,9 @@ class ChipsDataSettings(_Section):
     class_field: str = "class_id"
     layer: str | None = None
     classes: list[str] | None = Field(None, min_length=1, max_length=255)
+    class_values: list[Annotated[int, Field(ge=0, le=254)]] | None = None
+    region: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)],
+                  Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None
     chip_size: int = Field(256, ge=8, le=8192)
     stride: int | None = Field(None, ge=1)
     block_size: int = Field(1024, ge=8)
@@ -472,6 +483,11 @@ class ChipsDataSettings(_Section):
         if self.block_size < self.chip_size:
             raise ValueError(f"block_size ({self.block_size}) must be at least chip_size "
                              f"({self.chip_size})")
+        if self.class_values is not None:
+            if self.classes is None or len(self.class_values) != len(self.classes):
+                raise ValueError("class_values needs classes, one value per class")
+            if len(set(self.class_values)) != len(self.class_values):
+                raise ValueError(f"class_values must be distinct, got {self.class_values}")
         return self
 
 
@@ -510,6 +526,11 @@ class OptimSettings(_Section):
     ``resume`` continues from the newest one. ``trim_taps`` zeroes, after training, the
     convolution taps further than half a crop from their kernel's centre (large-rate ASPP taps
     that mostly saw padding; see :mod:`deeplab_geo.models.reach`).
+
+    ``class_weights`` weighs the cross-entropy per class against imbalance: ``inverse`` or
+    ``sqrt_inverse`` frequency of each class among the training labels (scaled so that the
+    average labelled pixel weighs 1, and capped at 50), or one weight per class. Training logs
+    each class's share of the labels and warns of classes that have none.
     """
 
     steps: int = Field(20000, ge=1)
@@ -536,6 +557,8 @@ class OptimSettings(_Section):
     keep_checkpoints: int = Field(3, ge=1)
     resume: bool = False
     trim_taps: bool = False
+    class_weights: Literal["none", "inverse", "sqrt_inverse"] | list[
+        Annotated[float, Field(ge=0, allow_inf_nan=False)]] = "none"
 
     @model_validator(mode="after")
     def _scales(self) -> OptimSettings:

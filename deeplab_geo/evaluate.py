@@ -21,7 +21,9 @@ from deeplab_geo import io, tta
 from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
 from deeplab_geo.datasets import SegmentationDataset
 from deeplab_geo.datasets.labels import Grid, open_labels
+from deeplab_geo.errors import InputError
 from deeplab_geo.metrics import (
+    IGNORE_INDEX,
     Scores,
     boundary_counts,
     boundary_f_score,
@@ -48,7 +50,10 @@ class Evaluation:
 
 
 def evaluate_raster(prediction: Path, labels: Path, num_classes: int, name: str = "", *,
-                    class_field: str = "class_id", layer: str | None = None) -> Evaluation:
+                    class_field: str = "class_id", layer: str | None = None,
+                    window: Window | None = None, label_values: list[int] | None = None,
+                    class_names: list[str] | None = None,
+                    input_raster: Path | None = None) -> Evaluation:
     """Compare a class raster with ground truth (label 255 ignored).
 
     Args:
@@ -60,33 +65,73 @@ def evaluate_raster(prediction: Path, labels: Path, num_classes: int, name: str 
         name: the row name in reports (default: the prediction's file name).
         class_field: the vector labels' class id field.
         layer: the vector layer (default: the first).
+        window: score only this pixel window of the prediction (a hold-out area).
+        label_values: the label value of each class (default: label = class id).
+        class_names: to match a vector field of class names.
+        input_raster: the raster the prediction was made from; pixels it has no data for are
+            not scored (no model can label them).
 
     Both are read block by block (with a small halo for the boundary F-score), so memory does
     not grow with the raster.
     """
     with io.open_raster(prediction) as pred_ds:
-        truth = open_labels(labels, Grid.of(pred_ds), class_field=class_field, layer=layer)
-        matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
-        edges = np.zeros(4, dtype=np.int64)
-        halo = BOUNDARY_TOLERANCE + 1
-        for _, window in pred_ds.block_windows(1):
-            outer = Window(window.col_off - halo, window.row_off - halo,
-                           window.width + 2 * halo, window.height + 2 * halo)
-            outer = outer.intersection(Window(0, 0, pred_ds.width, pred_ds.height))
-            target = truth.read(outer)
-            pred = pred_ds.read(1, window=outer)
-            r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
-            core = (slice(r0, r0 + window.height), slice(c0, c0 + window.width))
-            matrix += confusion_matrix(pred[core], target[core], num_classes)
-            edges += boundary_counts(pred, target, BOUNDARY_TOLERANCE, core)
+        truth = open_labels(labels, Grid.of(pred_ds), class_field=class_field, layer=layer,
+                            values=label_values, classes=class_names)
+        scored = Window(0, 0, pred_ds.width, pred_ds.height)
+        if window is not None:
+            if not (0 <= window.col_off and 0 <= window.row_off and
+                    window.col_off + window.width <= pred_ds.width and
+                    window.row_off + window.height <= pred_ds.height):
+                raise InputError(f"{prediction.name}: window {_window_list(window)} leaves the "
+                                 f"{pred_ds.width}x{pred_ds.height} raster; give col_off, "
+                                 "row_off, width, height inside it")
+            scored = window
+        source = rasterio.open(input_raster) if input_raster is not None else None
+        try:
+            matrix, edges = _accumulate(pred_ds, truth, scored, num_classes, source)
+        finally:
+            if source is not None:
+                source.close()
     return Evaluation(name or prediction.name, matrix, scores(matrix), boundary_f_score(edges))
+
+
+def _window_list(window: Window) -> list[int]:
+    return [int(window.col_off), int(window.row_off), int(window.width), int(window.height)]
+
+
+def _accumulate(pred_ds: rasterio.DatasetReader, truth: Any, scored: Window, num_classes: int,
+                source: rasterio.DatasetReader | None) -> tuple[np.ndarray, np.ndarray]:
+    """The confusion matrix and boundary counts over the blocks of ``scored``."""
+    matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+    edges = np.zeros(4, dtype=np.int64)
+    halo = BOUNDARY_TOLERANCE + 1
+    for _, block in pred_ds.block_windows(1):
+        try:
+            window = block.intersection(scored)
+        except rasterio.errors.WindowError:
+            continue  # the block lies outside the scored area
+        outer = Window(window.col_off - halo, window.row_off - halo,
+                       window.width + 2 * halo, window.height + 2 * halo)
+        outer = outer.intersection(scored)
+        target = truth.read(outer)
+        if source is not None:
+            target[~io.read_window(source, outer)[1]] = IGNORE_INDEX
+        pred = pred_ds.read(1, window=outer)
+        r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
+        core = (slice(r0, r0 + window.height), slice(c0, c0 + window.width))
+        matrix += confusion_matrix(pred[core], target[core], num_classes)
+        edges += boundary_counts(pred, target, BOUNDARY_TOLERANCE, core)
+    return matrix, edges
 
 
 def evaluate_pipeline(config: PipelineConfig, labels: Path,
                       crf_modes: tuple[bool, ...] = (False, True), *,
-                      class_field: str = "class_id", layer: str | None = None) -> list[Evaluation]:
+                      class_field: str = "class_id", layer: str | None = None,
+                      window: Window | None = None,
+                      label_values: list[int] | None = None) -> list[Evaluation]:
     """Run a pipeline's model on its input, with and/or without CRF, and score each class map
-    against a label raster or vector labels (see :func:`evaluate_raster`).
+    against a label raster or vector labels (see :func:`evaluate_raster`), over ``window`` if
+    given. Pixels the input has no data for are not scored.
 
     Only the class raster is produced (no polygons, no quicklook), in a temporary folder.
     """
@@ -104,10 +149,12 @@ def evaluate_pipeline(config: PipelineConfig, labels: Path,
             result = run(cfg)
             classes = result.outputs["classes"]
             with rasterio.open(classes) as ds:
-                num_classes = len(ds.tags()["CLASS_NAMES"].split(","))
-            results.append(evaluate_raster(classes, labels, num_classes,
+                names = ds.tags()["CLASS_NAMES"].split(",")
+            results.append(evaluate_raster(classes, labels, len(names),
                                            "with CRF" if enabled else "without CRF",
-                                           class_field=class_field, layer=layer))
+                                           class_field=class_field, layer=layer, window=window,
+                                           label_values=label_values, class_names=names,
+                                           input_raster=Path(config.input)))
     return results
 
 

@@ -94,6 +94,7 @@ def stack_bands(paths: list[Path], out: Path) -> Path:
                          "grid (size, CRS, geotransform); resample them to one first")
     width, height, crs, transform = grids.pop()
     srs = f"<SRS>{escape(crs)}</SRS>" if crs else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}'
                    f"<GeoTransform>{', '.join(map(repr, transform))}</GeoTransform>"
                    f"{''.join(bands)}</VRTDataset>", encoding="utf-8")
@@ -147,6 +148,13 @@ def read_window(ds: rasterio.DatasetReader, window: Window,
         if nodata is not None:
             valid &= ~np.isnan(band) if np.isnan(nodata) else band != nodata
     return data, valid
+
+
+def blank_nodata(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``data`` with nodata pixels set to 0, so that fill values (-99999, say) reach neither a
+    model nor, through resampling, their valid neighbours; training and inference both see
+    this."""
+    return data if valid.all() else np.where(valid, data, data.dtype.type(0))
 
 
 _FULL_DISK_BYTES = 4 << 20  # free space below which a failed write is put down to a full disk

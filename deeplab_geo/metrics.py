@@ -41,10 +41,15 @@ class Scores:
     iou: np.ndarray  # per class, NaN where the class is absent from labels and predictions
     miou: float
     pixel_accuracy: float
+    #: mean IoU over the classes that have ground-truth pixels (a class only predicted, never
+    #: labelled, counts in ``miou`` with IoU 0 but not here): the hold-out score of a scene
+    #: that lacks some classes
+    miou_present: float = float("nan")
 
     def as_dict(self, class_names: list[str]) -> dict:
         return {
             "miou": self.miou,
+            "miou_present": self.miou_present,
             "pixel_accuracy": self.pixel_accuracy,
             "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, self.iou)},
         }
@@ -58,8 +63,10 @@ def scores(matrix: np.ndarray) -> Scores:
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, tp / union, np.nan)
     total = matrix.sum()
+    present = matrix.sum(1) > 0
     return Scores(iou=iou, miou=float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
-                  pixel_accuracy=float(tp.sum() / total) if total else float("nan"))
+                  pixel_accuracy=float(tp.sum() / total) if total else float("nan"),
+                  miou_present=float(iou[present].mean()) if present.any() else float("nan"))
 
 
 def boundaries(classes: np.ndarray) -> np.ndarray:

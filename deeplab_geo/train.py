@@ -19,6 +19,7 @@ scratch faster; the bundled demo model uses it.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +51,8 @@ from deeplab_geo.models.checkpoint import (
 from deeplab_geo.models.reach import measure_reach, trim_unreached_taps
 
 DEFAULT_ARCHITECTURE = "deeplabv3_lite_mobilenet_v3_small"
+logger = logging.getLogger(__name__)
+
 IMAGENET_NORMALIZATION = {"scale": 255.0, "mean": [0.485, 0.456, 0.406],
                           "std": [0.229, 0.224, 0.225]}
 STATISTICS_SAMPLES = 64
@@ -192,21 +195,80 @@ def freeze_batch_norm(model: nn.Module) -> int:
 
 def band_statistics(dataset: SegmentationDataset, scale: float,
                     max_samples: int = STATISTICS_SAMPLES) -> tuple[list[float], list[float]]:
-    """Per-band mean and std (in units of ``scale``) over up to ``max_samples`` evenly spaced
-    samples of the dataset."""
+    """Per-band mean and std (in units of ``scale``) over the valid pixels of up to
+    ``max_samples`` evenly spaced samples of the dataset."""
     count = len(dataset)
     picks = np.unique(np.linspace(0, count - 1, min(count, max_samples)).round().astype(int))
     total = sq = None
     n = 0
     for index in picks:
         image = dataset[int(index)][0].reshape(dataset.in_channels, -1).astype(np.float64)
+        valid = dataset.valid(int(index))
+        if valid is not None:
+            image = image[:, valid.ravel()]
         image /= scale
         total = image.sum(1) if total is None else total + image.sum(1)
         sq = (image ** 2).sum(1) if sq is None else sq + (image ** 2).sum(1)
         n += image.shape[1]
+    n = max(n, 1)
     mean = total / n
     std = np.sqrt(np.maximum(sq / n - mean ** 2, 1e-12))
     return mean.round(4).tolist(), std.round(4).tolist()
+
+
+MAX_CLASS_WEIGHT = 50.0
+
+
+def label_counts(dataset: SegmentationDataset, num_classes: int) -> np.ndarray:
+    """Labelled pixels of each class in a dataset (chips count without reading images)."""
+    if hasattr(dataset, "label_counts"):
+        return dataset.label_counts(num_classes)
+    counts = np.zeros(num_classes, np.int64)
+    for index in range(len(dataset)):
+        labels = dataset[index][1]
+        counts += np.bincount(labels[labels < num_classes], minlength=num_classes)
+    return counts
+
+
+def class_weights(counts: np.ndarray, rule: str | list[float]) -> np.ndarray | None:
+    """Per-class loss weights: ``None`` for ``"none"``, the list as given, or the (square root
+    of the) inverse frequency, scaled so that the average labelled pixel weighs 1 and capped at
+    :data:`MAX_CLASS_WEIGHT`; classes without labels weigh 0.
+
+    Raises:
+        ConfigError: a list whose length is not the number of classes.
+    """
+    if rule == "none":
+        return None
+    if not isinstance(rule, str):
+        if len(rule) != len(counts):
+            raise ConfigError(f"train.class_weights lists {len(rule)} weights for "
+                              f"{len(counts)} classes; give one per class")
+        return np.asarray(rule, np.float64)
+    counts = counts.astype(np.float64)
+    total = counts.sum()
+    present = counts > 0
+    raw = np.zeros_like(counts)
+    raw[present] = total / (present.sum() * counts[present])
+    if rule == "sqrt_inverse":
+        raw = np.sqrt(raw)
+    for _ in range(3):  # scale to a mean of 1 per labelled pixel, cap, and scale again
+        raw = np.minimum(raw * total / max((raw * counts).sum(), 1e-12), MAX_CLASS_WEIGHT)
+    return raw
+
+
+def describe_labels(counts: np.ndarray, classes: list[str], weights: np.ndarray | None,
+                    log: Callable[[str], None]) -> None:
+    """Log each class's share of the training labels (and weight); warn of absent classes."""
+    total = max(int(counts.sum()), 1)
+    parts = [f"{name} {count / total:.1%}" + (f" (w {weights[i]:.2f})" if weights is not None
+                                              else "")
+             for i, (name, count) in enumerate(zip(classes, counts))]
+    log("training labels: " + ", ".join(parts))
+    missing = [name for name, count in zip(classes, counts) if count == 0]
+    if missing:
+        logger.warning("no training labels for class(es) %s: the model cannot learn them; "
+                       "add labels or drop the classes", ", ".join(missing))
 
 
 def load_init(init: str) -> tuple[dict[str, torch.Tensor], ModelInfo | None]:
@@ -340,6 +402,13 @@ def _train(config: TrainConfig, log: Callable[[str], None],
         info = ModelInfo(**{**asdict(info), "training": {}})
     else:
         info = model_info(config, train_set, init_info, bool(init_state) and init_info is None)
+    weights = None
+    if hasattr(train_set, "label_counts") or opt.class_weights != "none":
+        counts = label_counts(train_set, info.num_classes)  # every label read once if needed
+        weights = class_weights(counts, opt.class_weights)
+        describe_labels(counts, info.classes, weights, log)
+    if getattr(train_set, "note", ""):
+        log(train_set.note)
     model = info.build()
     if init_state:
         loaded, fresh = apply_init(model, init_state)
@@ -364,6 +433,8 @@ def _train(config: TrainConfig, log: Callable[[str], None],
     sampler = CropSampler(train_set, opt.crop_size, opt.scale_range, augment,
                           fill=mean.flatten().tolist())
     mean, std = mean.to(device), std.to(device)
+    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32,
+                                                       device=device)
     bar = progress(opt.steps) if progress else None
     if bar is not None and start:
         bar.update(start)
@@ -380,7 +451,7 @@ def _train(config: TrainConfig, log: Callable[[str], None],
             images = images.to(device, non_blocking=cuda)
             labels = labels.to(device, non_blocking=cuda)
             images = ((images - mean) / std).contiguous(memory_format=torch.channels_last)
-            loss = _loss(model, images, labels, amp_dtype, opt.aux_loss_weight)
+            loss = _loss(model, images, labels, amp_dtype, opt.aux_loss_weight, weight)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -435,18 +506,20 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 
 def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-          amp_dtype: torch.dtype | None, aux_weight: float) -> torch.Tensor:
-    """Cross-entropy over labelled pixels (0 for a batch without any), plus the weighted
-    auxiliary loss when the model has an auxiliary head."""
+          amp_dtype: torch.dtype | None, aux_weight: float,
+          weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over labelled pixels (0 for a batch without any), optionally weighted
+    per class, plus the weighted auxiliary loss when the model has an auxiliary head."""
     labelled = max(1, int((labels != IGNORE_INDEX).sum()))
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32,
                         enabled=amp_dtype is not None):
         outputs = model(images)
-    loss = F.cross_entropy(outputs["out"].float(), labels, ignore_index=IGNORE_INDEX,
-                           reduction="sum") / labelled
+    loss = F.cross_entropy(outputs["out"].float(), labels, weight=weight,
+                           ignore_index=IGNORE_INDEX, reduction="sum") / labelled
     if "aux" in outputs and aux_weight > 0:
         loss = loss + aux_weight * F.cross_entropy(
-            outputs["aux"].float(), labels, ignore_index=IGNORE_INDEX, reduction="sum") / labelled
+            outputs["aux"].float(), labels, weight=weight, ignore_index=IGNORE_INDEX,
+            reduction="sum") / labelled
     return loss
 
 

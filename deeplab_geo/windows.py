@@ -203,7 +203,7 @@ def process_batch(job: TileJob) -> list[TileCore]:
     todo = [i for i, (data, _) in enumerate(reads) if data is not None]
     if not todo:
         return [None] * len(job.tiles)
-    images = {i: _to_model(job.plan, _blank_nodata(*reads[i])) for i in todo}
+    images = {i: _to_model(job.plan, io.blank_nodata(*reads[i])) for i in todo}
     batch = _pad_to(np.stack([images[i] for i in todo]), job.plan.align)
     with _FORWARD_LOCK:
         out = tta.predict(predictor, batch, job.tta)
@@ -246,12 +246,6 @@ def _pad_to(batch: np.ndarray, align: int) -> np.ndarray:
     if align == 1 or pad == (0, 0):
         return batch
     return np.pad(batch, [(0, 0)] * (batch.ndim - 2) + [(0, pad[0]), (0, pad[1])], mode="edge")
-
-
-def _blank_nodata(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Nodata pixels set to 0, so that fill values (-99999, say) reach neither the model nor,
-    through resampling, their valid neighbours."""
-    return data if valid.all() else np.where(valid, data, data.dtype.type(0))
 
 
 def _to_model(plan: WindowPlan, data: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from deeplab_geo.cli import (
     import_model,
     run,
     sample,
+    stack,
     train,
 )
 
@@ -22,5 +23,5 @@ def main() -> None:
     """DeepLab land-cover segmentation of large aerial and satellite rasters."""
 
 
-for module in (run, sample, train, evaluate, export_onnx, import_model, backends):
+for module in (run, sample, stack, train, evaluate, export_onnx, import_model, backends):
     main.add_command(module.command)

@@ -44,10 +44,44 @@ def _outputs(func):
 
 def _vector_options(func):
     func = click.option("--class-field", default="class_id", show_default=True,
-                        help="Class id field of vector labels.")(func)
+                        help="Class field of vector labels: class ids, or class names.")(func)
     func = click.option("--layer", default=None,
                         help="Layer of vector labels (default: the first).")(func)
+    func = click.option("--window", "window", default=None, metavar="COL,ROW,WIDTH,HEIGHT",
+                        callback=_parse_window,
+                        help="Score only this pixel window (a hold-out area).")(func)
+    func = click.option("--label-values", default=None, metavar="V1,V2,...",
+                        callback=_parse_values,
+                        help="The label value of each model class, in order (e.g. 1,2,3 for "
+                             "labels coded from 1); default: label = class id.")(func)
     return func
+
+
+def _int_list(value: str, param: str, count: int | None = None) -> list[int]:
+    try:
+        numbers = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers",
+                                 param_hint=param) from None
+    if count is not None and len(numbers) != count:
+        raise click.BadParameter(f"{value!r}: give {count} integers", param_hint=param)
+    return numbers
+
+
+def _parse_window(ctx, param, value):
+    if value is None:
+        return None
+    from rasterio.windows import Window
+
+    col, row, width, height = _int_list(value, "--window", 4)
+    if min(col, row) < 0 or min(width, height) < 1:
+        raise click.BadParameter(f"{value!r}: offsets must be >= 0 and sizes >= 1",
+                                 param_hint="--window")
+    return Window(col, row, width, height)
+
+
+def _parse_values(ctx, param, value):
+    return None if value is None else _int_list(value, "--label-values")
 
 
 @command.command("raster")
@@ -58,7 +92,11 @@ def _vector_options(func):
 @_vector_options
 @_outputs
 @reports_errors
-def raster(prediction: Path, labels: Path, class_field: str, layer: str | None,
+@click.option("--input", "input_raster", default=None, type=click.Path(path_type=Path),
+              help="The raster the prediction was made from: pixels it has no data for are "
+                   "not scored.")
+def raster(prediction: Path, labels: Path, class_field: str, layer: str | None, window,
+           label_values: list[int] | None, input_raster: Path | None,
            json_path: Path | None, md_path: Path | None) -> None:
     """Score the class raster PREDICTION (a deeplab-geo *_classes.tif)."""
     from deeplab_geo import io
@@ -68,7 +106,9 @@ def raster(prediction: Path, labels: Path, class_field: str, layer: str | None,
         tag = ds.tags().get("CLASS_NAMES")
         names = tag.split(",") if tag else [str(i) for i in range(_max_class(ds) + 1)]
     _emit([evaluate_raster(prediction, labels, len(names), class_field=class_field,
-                           layer=layer)], names, json_path, md_path)
+                           layer=layer, window=window, label_values=label_values,
+                           class_names=names, input_raster=input_raster)],
+          names, json_path, md_path)
 
 
 def _max_class(ds) -> int:
@@ -96,9 +136,10 @@ def _max_class(ds) -> int:
 @_outputs
 @reports_errors
 def pipeline(pipeline: Path, labels: Path, crf_mode: str, overrides: tuple[str, ...],
-             class_field: str, layer: str | None, json_path: Path | None,
-             md_path: Path | None) -> None:
-    """Run PIPELINE's model on its input and score the class map against LABELS."""
+             class_field: str, layer: str | None, window, label_values: list[int] | None,
+             json_path: Path | None, md_path: Path | None) -> None:
+    """Run PIPELINE's model on its input and score the class map against LABELS (pixels the
+    input has no data for are not scored)."""
     from deeplab_geo.checkpoints import read_info
     from deeplab_geo.config import load_pipeline
     from deeplab_geo.evaluate import evaluate_pipeline
@@ -106,7 +147,7 @@ def pipeline(pipeline: Path, labels: Path, crf_mode: str, overrides: tuple[str, 
     config = load_pipeline(pipeline, parse_overrides(overrides))
     names = read_info(config.model.checkpoint).classes
     results = evaluate_pipeline(config, labels, _CRF_MODES[crf_mode], class_field=class_field,
-                                layer=layer)
+                                layer=layer, window=window, label_values=label_values)
     _emit(results, names, json_path, md_path)
 
 

@@ -59,6 +59,11 @@ class SegmentationDataset(ABC):
     def __getitem__(self, index: int) -> Sample:
         """Sample ``index``: image ``(bands, H, W)`` and uint8 labels ``(H, W)``."""
 
+    def valid(self, index: int) -> np.ndarray | None:
+        """Where sample ``index``'s image holds data (``(H, W)`` bool), or ``None`` when it
+        has no nodata; statistics of the images leave the rest out."""
+        return None
+
     def __iter__(self) -> Iterator[Sample]:
         for index in range(len(self)):
             yield self[index]

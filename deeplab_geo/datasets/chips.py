@@ -14,8 +14,10 @@ Sampling strategy, in full:
 3. **Skip unlabelled chips.** Chips with less than ``min_labelled`` of their pixels labelled
    are dropped (labels are read once, window by window, when the dataset is built).
 
-Pixels that are nodata in the raster are ignored (255) too. Images keep the raster's bands and
-data type. Training draws random scaled crops from these chips (see :mod:`deeplab_geo.train`).
+Pixels that are nodata in the raster are ignored (255) too, and set to 0 in the image, as
+inference sets them (a fill value such as -99999 would otherwise reach the model). Images keep
+the raster's bands and data type. ``region`` limits the blocks to a window of the raster.
+Training draws random scaled crops from these chips (see :mod:`deeplab_geo.train`).
 """
 
 from __future__ import annotations
@@ -49,14 +51,23 @@ def axis_starts(length: int, size: int, stride: int) -> list[int]:
 
 
 def split_blocks(height: int, width: int, block_size: int, val_fraction: float,
-                 seed: int) -> dict[str, list[Window]]:
-    """Blocks of the raster assigned to ``"train"`` and ``"val"`` (see the module docstring).
+                 seed: int, region: Window | None = None) -> dict[str, list[Window]]:
+    """Blocks of the raster assigned to ``"train"`` and ``"val"`` (see the module docstring),
+    cut from ``region`` only when it is given (a window of the raster).
 
     Raises:
-        DatasetError: a validation area was asked for but the raster has a single block.
+        DatasetError: a validation area was asked for but the raster has a single block, or
+            the region leaves the raster.
     """
-    blocks = [Window(c, r, min(block_size, width - c), min(block_size, height - r))
-              for r in range(0, height, block_size) for c in range(0, width, block_size)]
+    if region is None:
+        region = Window(0, 0, width, height)
+    c0, r0 = int(region.col_off), int(region.row_off)
+    c1, r1 = c0 + int(region.width), r0 + int(region.height)
+    if c1 > width or r1 > height:
+        raise DatasetError(f"data.region {[c0, r0, c1 - c0, r1 - r0]} leaves the {width}x"
+                           f"{height} raster; give [col_off, row_off, width, height] inside it")
+    blocks = [Window(c, r, min(block_size, c1 - c), min(block_size, r1 - r))
+              for r in range(r0, r1, block_size) for c in range(c0, c1, block_size)]
     n_val = 0
     if val_fraction > 0:
         n_val = max(1, round(val_fraction * len(blocks)))
@@ -92,17 +103,22 @@ class RasterChips(SegmentationDataset):
             self.dtype = ds.dtypes[0]
             self.resolution = io.ground_pixel_size_m(ds)
         self.labels = open_labels(settings.labels, grid, class_field=settings.class_field,
-                                  layer=settings.layer)
+                                  layer=settings.layer, values=settings.class_values,
+                                  classes=settings.classes)
+        self.note = getattr(self.labels, "note", "")
         self.classes = list(settings.classes) if settings.classes else \
             getattr(self.labels, "class_names", None)
         self.colours = getattr(self.labels, "colours", None) if not settings.classes else None
+        region = Window(*settings.region) if settings.region else None
         blocks = split_blocks(grid.height, grid.width, settings.block_size,
-                              settings.val_fraction, settings.split_seed)[split]
+                              settings.val_fraction, settings.split_seed, region)[split]
         stride = settings.stride or settings.chip_size
         candidates = [w for b in blocks for w in chip_windows(b, settings.chip_size, stride)]
-        labelled = [self._labelled(w) for w in candidates]
-        self.windows = [w for w, share in zip(candidates, labelled)
-                        if share > 0 and share >= settings.min_labelled]
+        counts = [self._counts(w) for w in candidates]
+        keep = [i for i, (w, c) in enumerate(zip(candidates, counts))
+                if c.sum() > 0 and c.sum() >= settings.min_labelled * w.width * w.height]
+        self.windows = [candidates[i] for i in keep]
+        self._label_counts = sum((counts[i] for i in keep), np.zeros(256, np.int64))
         if not self.windows:
             raise DatasetError(f"{self.raster.name}: no {split} chip has at least "
                                f"{settings.min_labelled:.0%} labelled pixels; check the labels "
@@ -110,16 +126,32 @@ class RasterChips(SegmentationDataset):
         self.name = (f"{split} chips of {self.raster.name} ({len(self.windows)} x "
                      f"{settings.chip_size} px from {len(blocks)} blocks)")
 
-    def _labelled(self, window: Window) -> float:
-        return float((self.labels.read(window) != IGNORE_INDEX).mean())
+    def _counts(self, window: Window) -> np.ndarray:
+        """Labelled pixels of each class id (0..254) in a window (nodata pixels left out)."""
+        labels = self.labels.read(window)
+        with rasterio.open(self.raster) as ds:
+            labels[~io.read_window(ds, window)[1]] = IGNORE_INDEX
+        counts = np.bincount(labels.ravel(), minlength=256)
+        counts[IGNORE_INDEX] = 0
+        return counts
+
+    def label_counts(self, num_classes: int) -> np.ndarray:
+        """Labelled pixels of each class over the chips (no image is read)."""
+        return self._label_counts[:num_classes].copy()
 
     def __len__(self) -> int:
         return len(self.windows)
+
+    def valid(self, index: int) -> np.ndarray:
+        """Where chip ``index`` has data (``(H, W)`` bool)."""
+        with rasterio.open(self.raster) as ds:
+            return io.read_window(ds, self.windows[index])[1]
 
     def __getitem__(self, index: int) -> Sample:
         window = self.windows[index]
         with rasterio.open(self.raster) as ds:
             image, valid = io.read_window(ds, window)
+        image = io.blank_nodata(image, valid)
         labels = self.labels.read(window)
         labels[~valid] = IGNORE_INDEX
         num_classes = len(self.classes) if self.classes else None

@@ -144,6 +144,19 @@ def _deeplabv3_lite_mobilenet_v3_small(*, num_classes: int, in_channels: int,
     return DeepLab(backbone, head)
 
 
+def _deeplabv3plus_lite_mobilenet_v3_small(*, num_classes: int, in_channels: int,
+                                           output_stride: int) -> DeepLab:
+    """DeepLab-v3+ on MobileNetV3-Small: the lite model's separable ASPP (128 channels) and
+    the v3+ decoder on the stride-4 features, for rasters whose classes are a few pixels wide
+    (Landsat's 30 m pixels, say), where stride-8 scores are too coarse.
+    """
+    backbone, channels = mobilenet_v3_atrous("mobilenet_v3_small", output_stride=output_stride,
+                                             in_channels=in_channels, low_level=True)
+    head = DeepLabV3PlusHead(channels["out"], channels["low"], num_classes,
+                             aspp_rates(output_stride), 128, separable=True)
+    return DeepLab(backbone, head)
+
+
 _BUILDERS: dict[str, tuple[Callable[..., DeepLab], int]] = {
     "deeplabv2_resnet101": (_deeplabv2_resnet101, 8),
     "deeplabv3_resnet50": (_resnet_v3(50), 8),
@@ -152,6 +165,7 @@ _BUILDERS: dict[str, tuple[Callable[..., DeepLab], int]] = {
     "deeplabv3plus_resnet50": (_resnet_v3plus(50), 16),
     "deeplabv3plus_resnet101": (_resnet_v3plus(101), 16),
     "deeplabv3_lite_mobilenet_v3_small": (_deeplabv3_lite_mobilenet_v3_small, 8),
+    "deeplabv3plus_lite_mobilenet_v3_small": (_deeplabv3plus_lite_mobilenet_v3_small, 8),
 }
 
 

@@ -112,9 +112,10 @@ class DeepLabV3PlusHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, low_channels: int, num_classes: int,
-                 atrous_rates: Sequence[int], channels: int = 256) -> None:
+                 atrous_rates: Sequence[int], channels: int = 256, *,
+                 separable: bool = False) -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels, atrous_rates, channels, dropout=0.1)
+        self.aspp = ASPP(in_channels, atrous_rates, channels, separable=separable, dropout=0.1)
         self.low_project = nn.Sequential(nn.Conv2d(low_channels, 48, 1, bias=False),
                                          nn.BatchNorm2d(48), nn.ReLU())
         self.fuse = nn.Sequential(
