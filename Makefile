@@ -92,7 +92,7 @@ demo-landsat: $(STAMP)
 	    --json output/landsat/holdout.json
 	$(BIN)/deeplab-geo train pipelines/train_landsat_polygons.yaml
 	$(BIN)/deeplab-geo evaluate pipeline pipelines/landsat.yaml $(LANDSAT_HOLDOUT) \
-	    --set model.checkpoint=../output/landsat/polygons/model.safetensors \
+	    --set model.checkpoint=output/landsat/polygons/model.safetensors \
 	    --json output/landsat/holdout_polygons.json
 
 lint: $(STAMP)

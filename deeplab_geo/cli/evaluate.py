@@ -226,10 +226,12 @@ def _emit(results, names: list[str], json_path: Path | None, md_path: Path | Non
 
 def markdown_table(results, names: list[str]) -> str:
     """One row per result: mIoU, pixel accuracy, boundary F-score, then IoU per class."""
-    header = ["run", "mIoU", "pixel acc.", "boundary F (2 px)", *names]
+    header = ["run", "mIoU", "mIoU (labelled classes)", "pixel acc.", "boundary F (2 px)",
+              *names]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         ious = ["-" if v != v else f"{v:.4f}" for v in r.scores.iou]
-        rows.append(f"| {r.name} | {r.scores.miou:.4f} | {r.scores.pixel_accuracy:.4f} | "
+        rows.append(f"| {r.name} | {r.scores.miou:.4f} | {r.scores.miou_present:.4f} | "
+                    f"{r.scores.pixel_accuracy:.4f} | "
                     f"{r.boundary_f:.4f} | " + " | ".join(ious) + " |")
     return "\n".join(rows)
