@@ -11,7 +11,7 @@ and 34 training polygons. Training uses the western two-thirds only (columns < 3
   `pipelines/train_landsat_polygons.yaml` (the polygons only), then `pipelines/landsat.yaml`
   run on the whole scene, without and with the dense CRF; `--reuse` scores the checkpoints
   `make demo-landsat` already wrote instead of training again.
-* **RandomForest** (scikit-learn, a benchmark-only dependency: `pip install scikit-learn`):
+* **RandomForest** (scikit-learn, a benchmark-only dependency: `pip install -e '.[benchmarks]'`):
   `--trees` trees on the six band values of every labelled pixel of the western two-thirds,
   and on the pixels inside the polygons there.
 

@@ -114,7 +114,8 @@ class RasterChips(SegmentationDataset):
                               settings.val_fraction, settings.split_seed, region)[split]
         stride = settings.stride or settings.chip_size
         candidates = [w for b in blocks for w in chip_windows(b, settings.chip_size, stride)]
-        counts = [self._counts(w) for w in candidates]
+        with rasterio.open(self.raster) as ds:  # opened once for every candidate's mask
+            counts = [self._counts(ds, w) for w in candidates]
         keep = [i for i, (w, c) in enumerate(zip(candidates, counts))
                 if c.sum() > 0 and c.sum() >= settings.min_labelled * w.width * w.height]
         self.windows = [candidates[i] for i in keep]
@@ -126,11 +127,10 @@ class RasterChips(SegmentationDataset):
         self.name = (f"{split} chips of {self.raster.name} ({len(self.windows)} x "
                      f"{settings.chip_size} px from {len(blocks)} blocks)")
 
-    def _counts(self, window: Window) -> np.ndarray:
+    def _counts(self, ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
         """Labelled pixels of each class id (0..254) in a window (nodata pixels left out)."""
         labels = self.labels.read(window)
-        with rasterio.open(self.raster) as ds:
-            labels[~io.read_window(ds, window)[1]] = IGNORE_INDEX
+        labels[~io.read_window(ds, window)[1]] = IGNORE_INDEX
         counts = np.bincount(labels.ravel(), minlength=256)
         counts[IGNORE_INDEX] = 0
         return counts
