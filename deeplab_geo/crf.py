@@ -65,20 +65,33 @@ def colour_mapping(ds: rasterio.DatasetReader, settings: CRFSettings) -> ColourM
     Percentiles come from a decimated read (at most 1024 px on the longer side) of valid
     pixels, so every tile is stretched the same way and the CRF shows no seams.
     """
-    if settings.bands is not None:
-        if max(settings.bands) > ds.count:
-            raise ConfigError(f"crf.bands {settings.bands}: the raster has {ds.count} band(s)")
-        chosen = [b - 1 for b in settings.bands]
-    else:
-        chosen = list(range(min(3, ds.count)))
-    bands = tuple((chosen * 3)[:3]) if len(chosen) == 1 else tuple((chosen + chosen)[:3])
+    bands = colour_bands(ds.count, settings)
     if ds.dtypes[0] == "uint8":
         return ColourMapping(bands)
     scale = min(1.0, 1024 / max(ds.height, ds.width))
     shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
     data = ds.read([b + 1 for b in bands], out_shape=(3, *shape), masked=True)
+    return stretched(bands, data, settings)
+
+
+def colour_bands(count: int, settings: CRFSettings) -> tuple[int, int, int]:
+    """The three 0-based bands of a ``count``-band raster the colour kernel compares."""
+    if settings.bands is not None:
+        if max(settings.bands) > count:
+            raise ConfigError(f"crf.bands {settings.bands}: the raster has {count} band(s)")
+        chosen = [b - 1 for b in settings.bands]
+    else:
+        chosen = list(range(min(3, count)))
+    return tuple((chosen * 3)[:3]) if len(chosen) == 1 else tuple((chosen + chosen)[:3])
+
+
+def stretched(bands: tuple[int, int, int], sample: np.ma.MaskedArray, settings: CRFSettings
+              ) -> ColourMapping:
+    """The mapping that stretches ``bands`` between the ``crf.stretch`` percentiles of the
+    valid pixels of ``sample`` (``(3, h, w)``, masked where invalid, the bands already
+    picked)."""
     low, high = [], []
-    for band in data:
+    for band in sample:
         values = band.compressed() if band.count() else np.zeros(1)
         lo, hi = np.percentile(values, settings.stretch)
         low.append(float(lo))

@@ -13,11 +13,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio._err import CPLE_BaseError
+from rasterio.crs import CRS
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
@@ -27,6 +30,30 @@ STAGING_PREFIX = ".deeplab-geo-"
 """Name prefix of the hidden folder a run's outputs are staged in (see :func:`staged_outputs`)."""
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The georeferencing of a raster held in memory or in a dask array: what the geometry
+    helpers here read from a dataset (``crs``, ``transform``, ``res``, ``width``, ``height``),
+    so that arrays and files take the same paths."""
+
+    name: str
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    count: int = 1
+    dtype: str = "float32"
+    nodata: float | None = None
+
+    @property
+    def res(self) -> tuple[float, float]:
+        return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return (self.dtype,) * self.count
 
 
 def open_raster(path: str | Path) -> rasterio.DatasetReader:

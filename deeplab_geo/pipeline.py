@@ -55,7 +55,14 @@ from deeplab_geo.stitch import (
     TileCore,
 )
 from deeplab_geo.vectorize import SUFFIXES, vectorize, vectorize_strips
-from deeplab_geo.windows import TileJob, WindowPlan, plan_windows, process_batch
+from deeplab_geo.windows import (
+    TileJob,
+    WindowPlan,
+    crf_settings,
+    plan_windows,
+    process_batch,
+    window_settings,
+)
 
 ProgressFactory = Callable[[int], Any]
 
@@ -110,10 +117,7 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
         plan = plan_windows(config, info, ds)
         grid = plan.grid(ds.height, ds.width)
         crf = None
-        if config.crf.enabled:  # the CRF works at the model's resolution
-            settings = config.crf
-            if settings.spatial_units == "metres":
-                settings = settings.in_pixels(plan.model_m or io.pixel_size_m(ds))
+        if (settings := crf_settings(config, plan, ds)) is not None:
             crf = (settings, crf_module.colour_mapping(ds, settings))
     timings["load"] = time.perf_counter() - started
     names = output_names(config.input, config.vectorize.format)
@@ -202,12 +206,8 @@ def _predict_all(config: PipelineConfig, plan: WindowPlan, grid: list[tiling.Til
                  deliver: Callable[[Strip], None],
                  crf: tuple[CRFSettings, crf_module.ColourMapping] | None,
                  progress: ProgressFactory | None) -> None:
-    settings, colours = crf if crf is not None else (None, None)
     jobs = [
-        TileJob(str(config.input), batch, config.model.backend, config.model.checkpoint,
-                config.model.device, config.tta, settings, plan, colours,
-                config.execution.crf_processes, config.outputs.confidence,
-                config.model.metadata)
+        TileJob(str(config.input), batch, window_settings(config, plan, crf))
         for batch in tiling.batches(grid, plan.batch_size)
     ]
     bar = progress(len(grid)) if progress else None
@@ -267,7 +267,7 @@ def _compute_distributed(client: Any, jobs: list[TileJob], hand_on: HandOn, bar:
     Worker processes are daemonic and cannot start a CRF process pool: parallelism comes from
     the workers themselves.
     """
-    jobs = [replace(job, crf_processes=1) for job in jobs]
+    jobs = [replace(job, settings=replace(job.settings, crf_processes=1)) for job in jobs]
 
     def received(index: int, cores: list[TileCore]) -> None:
         done = hand_on(jobs[index], cores)

@@ -9,7 +9,9 @@ the model's resolution; each window is read on the raster's grid, resampled to t
 probabilities are resampled back, so the class raster stays on the input grid and the cores
 of :mod:`deeplab_geo.tiling` still partition it exactly.
 
-:func:`process_batch` does that for one batch of tiles and returns their cores.
+:func:`process_windows` does that for one batch of windows and returns their cores; the file
+pipeline reads them from a raster (:func:`process_batch`), the xarray accessor
+(:mod:`deeplab_geo.xarray`) takes them from a dask array's blocks.
 """
 
 from __future__ import annotations
@@ -173,11 +175,13 @@ def _tile_and_overlap(config: PipelineConfig, info: ModelInfo, tile_size: int
 
 
 @dataclass(frozen=True)
-class TileJob:
-    """Everything a worker needs to process a batch of tiles (small and picklable)."""
+class WindowSettings:
+    """What is done to every window, wherever its pixels come from (small and picklable).
 
-    raster: str
-    tiles: list[tiling.Tile]
+    The file pipeline and the xarray accessor both build one and hand it, with the windows'
+    pixels, to :func:`process_windows`, so the two paths cannot drift apart.
+    """
+
     backend: str
     checkpoint: str
     device: str
@@ -190,43 +194,101 @@ class TileJob:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def process_batch(job: TileJob) -> list[TileCore]:
-    """Predict (and refine) a batch of tiles; returns each tile's core classes and confidence.
+@dataclass(frozen=True)
+class TileJob:
+    """A batch of tiles of a raster file to process (small and picklable)."""
 
-    Tiles whose cores hold no valid pixel are not even read past their mask and come back as
-    ``None``; other nodata pixels come out as class ``CLASS_NODATA`` with confidence
-    ``CONFIDENCE_NODATA``.
-    """
-    predictor = load_model(job.backend, job.checkpoint, job.device, job.metadata)
+    raster: str
+    tiles: list[tiling.Tile]
+    settings: WindowSettings
+
+
+def crf_settings(config: PipelineConfig, plan: WindowPlan, ds: Any) -> CRFSettings | None:
+    """The pipeline's CRF settings in model pixels (the CRF works at the model's resolution),
+    or ``None`` with the CRF off. ``ds`` is a raster (or :class:`deeplab_geo.io.Grid`)."""
+    if not config.crf.enabled:
+        return None
+    settings = config.crf
+    if settings.spatial_units == "metres":
+        settings = settings.in_pixels(plan.model_m or io.pixel_size_m(ds))
+    return settings
+
+
+def window_settings(config: PipelineConfig, plan: WindowPlan,
+                    crf: tuple[CRFSettings, crf_module.ColourMapping] | None) -> WindowSettings:
+    """The :class:`WindowSettings` of a pipeline (``crf``: settings in pixels and colours)."""
+    settings, colours = crf if crf is not None else (None, None)
+    return WindowSettings(config.model.backend, str(config.model.checkpoint),
+                          config.model.device, config.tta, settings, plan, colours,
+                          config.execution.crf_processes, config.outputs.confidence,
+                          config.model.metadata)
+
+
+Read = tuple["np.ndarray | None", np.ndarray]
+"""A window's pixels ``(bands, h, w)`` (``None``: its core holds no valid pixel) and its
+validity mask ``(h, w)``."""
+
+
+def process_batch(job: TileJob) -> list[TileCore]:
+    """Read a batch of tiles from the raster file and process them (:func:`process_windows`)."""
     with rasterio.open(job.raster) as ds:
         reads = [io.read_window(ds, tile.read_window, tile.core_slices) for tile in job.tiles]
+    return process_windows(job.settings, job.tiles, reads)
+
+
+def array_window(data: np.ndarray, nodata: float | None, needed: tuple[slice, slice]) -> Read:
+    """The :data:`Read` of a window held in memory (``data``: ``(bands, h, w)``), with the rule
+    of :func:`deeplab_geo.io.read_window`: a pixel is valid where no band holds ``nodata``
+    (NaN counts as nodata for float data)."""
+    valid = np.ones(data.shape[-2:], bool)
+    if data.dtype.kind == "f":
+        valid &= ~np.isnan(data).any(0)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        valid &= ~(data == data.dtype.type(nodata)).any(0)
+    if not valid[needed].any():
+        return None, valid
+    return data, valid
+
+
+def process_windows(settings: WindowSettings, tiles: list[tiling.Tile], reads: list[Read]
+                    ) -> list[TileCore]:
+    """Predict (and refine) windows of one size; returns each tile's core classes and confidence.
+
+    ``reads`` hold each tile's read window (see :data:`Read`). Tiles whose cores hold no valid
+    pixel come back as ``None``; other nodata pixels come out as class ``CLASS_NODATA`` with
+    confidence ``CONFIDENCE_NODATA``.
+    """
     todo = [i for i, (data, _) in enumerate(reads) if data is not None]
     if not todo:
-        return [None] * len(job.tiles)
-    images = {i: _to_model(job.plan, io.blank_nodata(*reads[i])) for i in todo}
-    batch = _pad_to(np.stack([images[i] for i in todo]), job.plan.align)
+        return [None] * len(tiles)
+    predictor = load_model(settings.backend, settings.checkpoint, settings.device,
+                           settings.metadata)
+    plan = settings.plan
+    images = {i: _to_model(plan, io.blank_nodata(*reads[i])) for i in todo}
+    batch = _pad_to(np.stack([images[i] for i in todo]), plan.align)
     with _FORWARD_LOCK:
-        out = tta.predict(predictor, batch, job.tta)
+        out = tta.predict(predictor, batch, settings.tta)
     height, width = images[todo[0]].shape[-2:]
     probs = dict(zip(todo, out[..., :height, :width]))
     del batch, out
-    if job.crf is not None:
-        pairs = [(probs[i], crf_module.colour_features(images[i], job.colours),
-                  _mask_to_model(job.plan, reads[i][1])) for i in todo]
-        probs = dict(zip(todo, crf_module.refine_many(pairs, job.crf, job.crf_processes)))
+    if settings.crf is not None:
+        pairs = [(probs[i], crf_module.colour_features(images[i], settings.colours),
+                  _mask_to_model(plan, reads[i][1])) for i in todo]
+        probs = dict(zip(todo, crf_module.refine_many(pairs, settings.crf,
+                                                      settings.crf_processes)))
     cores: list[TileCore] = []
-    for i, (tile, (_, valid)) in enumerate(zip(job.tiles, reads)):
+    for i, (tile, (_, valid)) in enumerate(zip(tiles, reads)):
         if i not in probs:
             cores.append(None)
             continue
         rows, cols = tile.core_slices
         nodata = ~valid[rows, cols]
-        p = _to_raster(job.plan, probs.pop(i), valid.shape)[:, rows, cols]
+        p = _to_raster(plan, probs.pop(i), valid.shape)[:, rows, cols]
         best = p.argmax(0)
         classes = best.astype(np.uint8)
         classes[nodata] = CLASS_NODATA
         confidence = None
-        if job.confidence:
+        if settings.confidence:
             confidence = confidence_percent(np.take_along_axis(p, best[None], 0)[0])
             confidence[nodata] = CONFIDENCE_NODATA
         cores.append((classes, confidence))

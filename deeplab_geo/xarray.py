@@ -1,0 +1,344 @@
+"""Lazy segmentation of xarray DataArrays: deeplab-geo as a step of someone else's pipeline.
+
+Importing this module registers a ``.deeplab`` accessor on :class:`xarray.DataArray`::
+
+    import rioxarray, deeplab_geo.xarray
+    image = rioxarray.open_rasterio("scene.tif", chunks=True)       # lazy, dask-backed
+    result = image.deeplab.segment(checkpoint="builtin:landcover-demo", crf=True)
+    result.classes.rio.to_raster("classes.tif", tiled=True)            # computed here, in blocks
+    deeplab_geo.xarray.vectorize(result.classes, "polygons.gpkg")
+
+The result is an :class:`xarray.Dataset` with ``classes`` (uint8, nodata 255) and
+``confidence`` (uint8 percent, nodata 255) on the input's ``x``/``y`` coordinates and CRS, the
+class names and colours in attributes. With a dask-backed input nothing is computed before
+``.compute()``, a write or a ``dask.distributed`` Client asks for it; with a NumPy-backed input
+the result is computed at once.
+
+The graph is one :func:`dask.array.map_overlap` call. Its output blocks are the cores of the
+tiles :mod:`deeplab_geo.tiling` cuts (one row of tiles high, ``batch_size`` tiles wide), its
+depth is the largest distance from a core to its tile's edge and its boundary is ``"none"``, so
+each block holds every tile it needs; the block function cuts each tile's window out and hands
+the windows to :func:`deeplab_geo.windows.process_windows`, the code ``deeplab-geo run`` uses.
+The input is rechunked to those blocks first, so its own chunking does not change the result.
+Models are loaded once per process (the backend caches them), so once per worker on a cluster.
+
+The result equals ``deeplab-geo run``'s class raster at the same tile size and overlap up to
+two differences (see the docs, "Python and xarray"): the CRF's colour stretch of non-8-bit
+data is measured on every n-th pixel of the array instead of GDAL's decimated read, and
+windows are batched per block row instead of across the raster, which changes floating-point
+summation order in a batched forward pass. Both move a handful of pixels whose two best classes
+are nearly tied.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from deeplab_geo import crf as crf_module
+from deeplab_geo import io, tiling
+from deeplab_geo.config import PipelineConfig, load_pipeline
+from deeplab_geo.errors import ConfigError, InputError
+from deeplab_geo.plugins import choose_backend, load_model
+from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, CONFIDENCE_SCALE, Strip
+from deeplab_geo.windows import (
+    WindowSettings,
+    array_window,
+    crf_settings,
+    plan_windows,
+    process_windows,
+    window_settings,
+)
+
+__all__ = ["segment", "vectorize", "DeepLabAccessor"]
+
+_STRETCH_SAMPLE = 1024  # longest side of the sample the CRF's colour stretch is measured on
+
+
+def segment(image: xr.DataArray, checkpoint: str | None = None, *,
+            pipeline: str | Path | None = None, tile_size: int | None = None,
+            overlap: int | str | None = None, batch_size: int | None = None,
+            crf: bool | dict[str, Any] | None = None, tta: dict[str, Any] | None = None,
+            backend: str | None = None, device: str | None = None,
+            resolution: str | float | None = None, confidence: bool = True) -> xr.Dataset:
+    """Segment a ``(band, y, x)`` (or ``(y, x)``) DataArray; see the module docstring.
+
+    Args:
+        image: georeferenced through rioxarray (``image.rio.crs``, ``image.rio.transform()``);
+            its nodata (``image.rio.nodata``, or NaN in float data) is left out.
+        checkpoint: as ``model.checkpoint`` in a pipeline (default: the pipeline's, or the
+            bundled demo model).
+        pipeline: a pipeline YAML whose model, tiling, CRF and TTA settings are the starting
+            point; the other arguments override them.
+        tile_size, overlap, batch_size, resolution, backend, device: as ``tiling.tile_size``,
+            ``tiling.overlap`` (``"auto"`` too), ``model.batch_size``, ``model.resolution``,
+            ``model.backend`` and ``model.device``.
+        crf: ``True``/``False``, or a dict of ``crf`` settings (CRF on).
+        tta: a dict of ``tta`` settings (``{"flip": True, "scales": [0.5, 0.75, 1.0]}``).
+        confidence: also return ``confidence``.
+
+    Raises:
+        ConfigError: settings that do not validate.
+        InputError: an array without a CRS, with bands the model does not take, or of a data
+            type deeplab-geo does not read.
+    """
+    config = _config(pipeline, checkpoint=checkpoint, tile_size=tile_size, overlap=overlap,
+                     batch_size=batch_size, crf=crf, tta=tta, backend=backend, device=device,
+                     resolution=resolution, confidence=confidence)
+    image, (y_dim, x_dim) = _bands_first(image)
+    grid = _grid(image)
+    predictor = load_model(config.model.backend, config.model.checkpoint, config.model.device,
+                           config.model.metadata)
+    info = predictor.info
+    io.check_raster(grid, bands=info.in_channels)
+    plan = plan_windows(config, info, grid)
+    settings = window_settings(config, plan, None)
+    refine = crf_settings(config, plan, grid)
+    colours: Any = None
+    data = image.data if isinstance(image.data, da.Array) else da.from_array(image.data)
+    if refine is not None:
+        settings = replace(settings, crf=refine)
+        colours = _colours(data, grid, refine)
+    rows = tiling.axis_spans(grid.height, plan.tile, plan.overlap, plan.align)
+    cols = tiling.axis_spans(grid.width, plan.tile, plan.overlap, plan.align)
+    groups = tiling.batched(list(range(len(cols))), plan.batch_size)
+    row_chunks = tuple(core.size for _, core in rows)
+    col_chunks = tuple(sum(cols[i][1].size for i in group) for group in groups)
+    depth = {0: 0, 1: _depth(rows), 2: _depth(cols)}
+    data = data.rechunk({0: -1, 1: row_chunks, 2: col_chunks})
+    out = da.map_overlap(
+        _segment_block, data, depth=depth, boundary="none", trim=False,
+        dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8),
+        chunks=((2,), row_chunks, col_chunks),
+        rows=rows, cols=cols, groups=groups, depth_px=(depth[1], depth[2]),
+        settings=settings, colours=colours, nodata=grid.nodata)
+    result = _dataset(image, out, grid, info.classes, info.colours, y_dim, x_dim, confidence)
+    return result if isinstance(image.data, da.Array) else result.compute()
+
+
+def _config(pipeline: str | Path | None, **given: Any) -> PipelineConfig:
+    """The pipeline's settings with the arguments given laid over them (unset stays unset, so
+    that, as in a YAML file, only what is asked for explicitly is checked against the model)."""
+    base: dict[str, Any] = {}
+    if pipeline is not None:
+        base = load_pipeline(pipeline).model_dump(exclude_unset=True)
+    base.setdefault("input", "array")
+    base.setdefault("output_dir", ".")
+    sections = {"model": {}, "tiling": {}, "outputs": {}}
+    for key, section, field in (("checkpoint", "model", "checkpoint"),
+                                ("batch_size", "model", "batch_size"),
+                                ("backend", "model", "backend"), ("device", "model", "device"),
+                                ("resolution", "model", "resolution"),
+                                ("tile_size", "tiling", "tile_size"),
+                                ("overlap", "tiling", "overlap")):
+        if given[key] is not None:
+            sections[section][field] = given[key]
+    sections["outputs"]["confidence"] = given["confidence"]
+    crf = given["crf"]
+    if crf is not None:
+        sections["crf"] = {"enabled": bool(crf)} if isinstance(crf, bool) \
+            else {"enabled": True, **crf}
+    if given["tta"] is not None:
+        sections["tta"] = dict(given["tta"])
+    for section, values in sections.items():
+        base[section] = {**base.get(section, {}), **values}
+    try:
+        config = PipelineConfig.model_validate(base)
+    except ValueError as exc:
+        raise ConfigError(f"deeplab_geo.xarray.segment: {exc}") from None
+    backend = choose_backend(config.model.backend, config.model.device)
+    return config.model_copy(update={
+        "model": config.model.model_copy(update={"backend": backend})})
+
+
+def _bands_first(image: xr.DataArray) -> tuple[xr.DataArray, tuple[str, str]]:
+    """``image`` as ``(band, y, x)`` and the names of its y and x dimensions."""
+    if not isinstance(image, xr.DataArray):
+        raise InputError(f"segment takes an xarray.DataArray, not {type(image).__name__}; "
+                         "open rasters with rioxarray.open_rasterio")
+    try:
+        y_dim, x_dim = image.rio.y_dim, image.rio.x_dim
+    except Exception:  # noqa: BLE001 - rioxarray's own error names no fix
+        raise InputError(f"the array's dimensions {image.dims} hold no x and y; name them x "
+                         "and y (or set them with .rio.set_spatial_dims)") from None
+    others = [d for d in image.dims if d not in (y_dim, x_dim)]
+    if not others:
+        image = image.expand_dims("band")
+        others = ["band"]
+    if len(others) > 1:
+        raise InputError(f"the array has dimensions {image.dims}; segment one (band, y, x) "
+                         f"image at a time: select the others ({', '.join(others[1:])}) first")
+    return image.transpose(others[0], y_dim, x_dim), (y_dim, x_dim)
+
+
+def _grid(image: xr.DataArray) -> io.Grid:
+    crs = image.rio.crs
+    nodata = image.rio.nodata
+    if nodata is None:
+        nodata = image.rio.encoded_nodata
+    return io.Grid(name=str(image.name or "array"), crs=crs,
+                   transform=image.rio.transform(recalc=True),
+                   width=image.shape[2], height=image.shape[1], count=image.shape[0],
+                   dtype=str(image.dtype), nodata=None if nodata is None else float(nodata))
+
+
+def _depth(spans: list[tuple[tiling.Span, tiling.Span]]) -> int:
+    """The farthest any tile reaches past its core: the overlap each block needs."""
+    return max(max(core.start - tile.start, tile.stop - core.stop) for tile, core in spans)
+
+
+def _colours(data: da.Array, grid: io.Grid, settings: Any) -> Any:
+    """The CRF's colour mapping: known now for 8-bit data, else a delayed stretch measured on
+    every n-th pixel (at most 1024 px on the longer side), so every block is stretched the
+    same way."""
+    bands = crf_module.colour_bands(grid.count, settings)
+    if grid.dtype == "uint8":
+        return crf_module.ColourMapping(bands)
+    step = max(1, math.ceil(max(grid.height, grid.width) / _STRETCH_SAMPLE))
+    sample = data[list(bands), step // 2::step, step // 2::step]
+    return dask.delayed(_stretch)(sample, bands, grid.nodata, settings)
+
+
+def _stretch(sample: np.ndarray, bands: tuple[int, int, int], nodata: float | None,
+             settings: Any) -> crf_module.ColourMapping:
+    invalid = np.zeros(sample.shape, bool)
+    if sample.dtype.kind == "f":
+        invalid |= np.isnan(sample)
+    if nodata is not None and not math.isnan(nodata):
+        invalid |= sample == sample.dtype.type(nodata)
+    return crf_module.stretched(bands, np.ma.masked_array(sample, invalid), settings)
+
+
+def _segment_block(block: np.ndarray, *, rows: list, cols: list, groups: list[list[int]],
+                   depth_px: tuple[int, int], settings: WindowSettings, colours: Any,
+                   nodata: float | None, block_id: tuple[int, int, int] | None = None
+                   ) -> np.ndarray:
+    """The classes and confidence ``(2, h, w)`` of one output block: the cores of one row of
+    tiles, ``batch_size`` tiles wide, cut from ``block`` (the block and its overlap)."""
+    _, i, j = block_id
+    row_tile, row_core = rows[i]
+    group = [cols[k] for k in groups[j]]
+    row_off = row_core.start - min(depth_px[0], row_core.start)
+    col_off = group[0][1].start - min(depth_px[1], group[0][1].start)
+    if colours is not None:
+        settings = replace(settings, colours=colours)
+    tiles = [tiling.Tile(row_tile, col_tile, row_core, col_core) for col_tile, col_core in group]
+    out = np.full((2, row_core.size, sum(core.size for _, core in group)), CLASS_NODATA,
+                  np.uint8)
+    if not settings.confidence:
+        out[1] = CONFIDENCE_NODATA
+    for batch in tiling.batches(tiles, settings.plan.batch_size):
+        reads = [array_window(np.asarray(block[:, t.row.start - row_off:t.row.stop - row_off,
+                                               t.col.start - col_off:t.col.stop - col_off]),
+                              nodata, t.core_slices) for t in batch]
+        for tile, core in zip(batch, process_windows(settings, batch, reads)):
+            if core is None:
+                continue
+            c0 = tile.core_col.start - group[0][1].start
+            columns = slice(c0, c0 + tile.core_col.size)
+            out[0][:, columns] = core[0]
+            if core[1] is not None:
+                out[1][:, columns] = core[1]
+    return out
+
+
+def _dataset(image: xr.DataArray, out: da.Array, grid: io.Grid, names: list[str],
+             colours: list[tuple[int, int, int]] | None, y_dim: str, x_dim: str,
+             confidence: bool) -> xr.Dataset:
+    coords = {name: coord for name, coord in image.coords.items()
+              if set(coord.dims) <= {y_dim, x_dim}}
+    attrs = {"class_names": list(names), "class_values": list(range(len(names)))}
+    if colours:
+        attrs["class_colours"] = ["#{:02x}{:02x}{:02x}".format(*c[:3]) for c in colours]
+    variables = {"classes": (out[0], {**attrs, "long_name": "land-cover class"})}
+    if confidence:
+        variables["confidence"] = (out[1], {"long_name": "confidence of the class (percent)",
+                                            "scale_factor_to_probability": CONFIDENCE_SCALE})
+    ds = xr.Dataset({name: xr.DataArray(array, dims=(y_dim, x_dim), coords=coords, attrs=a)
+                     for name, (array, a) in variables.items()}, attrs=attrs)
+    for name in ds.data_vars:
+        ds[name] = ds[name].rio.write_nodata(CLASS_NODATA, encoded=False)
+        if grid.crs is not None:
+            ds[name] = ds[name].rio.write_crs(grid.crs)
+    if grid.crs is not None:
+        ds = ds.rio.write_crs(grid.crs)
+    return ds
+
+
+def vectorize(classes: xr.DataArray, path: str | Path | None = None, *,
+              settings: Any = None, confidence: xr.DataArray | None = None) -> Any:
+    """Polygons of a class array, as ``deeplab-geo run`` makes them.
+
+    The array is computed in strips of whole rows, top to bottom, and each strip is traced as
+    it comes (dask-backed arrays are never held whole). With ``path`` the polygons stream into
+    that file (its extension picks the format) and the :class:`VectorizeResult` comes back;
+    without, a :class:`geopandas.GeoDataFrame` (for arrays whose polygons fit in memory).
+
+    Args:
+        classes: the ``classes`` of :func:`segment` (its ``class_names`` attribute names the
+            class values; nodata 255 is left out).
+        settings: a :class:`deeplab_geo.config.VectorizeSettings` or a dict of them.
+        confidence: averaged per polygon into ``mean_confidence`` (default: none).
+    """
+    from deeplab_geo.config import VectorizeSettings
+    from deeplab_geo.vectorize import vectorize_strips
+
+    if isinstance(settings, dict) or settings is None:
+        settings = VectorizeSettings.model_validate(settings or {})
+    names = classes.attrs.get("class_names")
+    if not names:
+        raise InputError("the class array has no class_names attribute; pass the classes of "
+                         "deeplab_geo.xarray.segment")
+    crs = classes.rio.crs
+    if crs is None:
+        raise InputError("the class array has no CRS; write one with .rio.write_crs")
+    height, width = classes.shape
+    transform = classes.rio.transform(recalc=True)
+
+    def strips():
+        for row0, row1 in tiling.strip_bounds(height, width, 512):
+            part = [classes[row0:row1]] + ([confidence[row0:row1]] if confidence is not None
+                                           else [])
+            values = [np.asarray(v) for v in dask.compute(*[p.data for p in part])]
+            yield Strip(row0, row1, values[0].astype(np.uint8, copy=False),
+                        values[1].astype(np.uint8, copy=False) if len(values) > 1 else None)
+
+    def write(out: Path) -> Any:
+        return vectorize_strips(strips(), out, crs=crs, transform=transform, width=width,
+                                height=height, class_names=list(names), settings=settings,
+                                with_confidence=confidence is not None,
+                                confidence_scale=CONFIDENCE_SCALE, nodata=CLASS_NODATA,
+                                source=str(classes.name or "classes"))
+
+    if path is not None:
+        return write(Path(path))
+    import geopandas
+
+    with tempfile.TemporaryDirectory(prefix="deeplab-geo-") as folder:
+        out = Path(folder) / "polygons.gpkg"
+        write(out)
+        return geopandas.read_file(out)
+
+
+@xr.register_dataarray_accessor("deeplab")
+class DeepLabAccessor:
+    """``DataArray.deeplab``: :func:`segment` and :func:`vectorize` as methods."""
+
+    def __init__(self, obj: xr.DataArray) -> None:
+        self._obj = obj
+
+    def segment(self, checkpoint: str | None = None, **options: Any) -> xr.Dataset:
+        """:func:`deeplab_geo.xarray.segment` of this array."""
+        return segment(self._obj, checkpoint, **options)
+
+    def vectorize(self, path: str | Path | None = None, **options: Any) -> Any:
+        """:func:`deeplab_geo.xarray.vectorize` of this class array."""
+        return vectorize(self._obj, path, **options)

@@ -1,0 +1,169 @@
+"""deeplab_geo.xarray: lazy DataArray segmentation that agrees with `deeplab-geo run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import rasterio
+import rioxarray
+import xarray as xr
+
+import deeplab_geo.xarray as dx
+from deeplab_geo.config import load_pipeline
+from deeplab_geo.errors import InputError
+from deeplab_geo.pipeline import run
+from tests.conftest import TINY_CLASSES, write_raster
+
+
+def _scene(tmp_path: Path, *, float_data: bool = False) -> Path:
+    """A 3-band 150 x 230 raster with a nodata corner (several tiles of 64 px)."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(1, 255, (3, 150, 230)).astype(np.float32)
+    image[:, 60:110, 80:170] = [[[30]], [[140]], [[40]]]
+    if float_data:
+        image = image * 37.5 - 900.0
+        image[:, :30, :40] = -99999
+        return write_raster(tmp_path / "scene.tif", image.astype(np.float32), nodata=-99999)
+    image[:, :30, :40] = 0
+    return write_raster(tmp_path / "scene.tif", image.astype(np.uint8), nodata=0)
+
+
+def _pipeline(tmp_path: Path, checkpoint: Path, crf: bool) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "input: scene.tif\noutput_dir: out\n"
+        f"model: {{checkpoint: {checkpoint}, batch_size: 2, device: cpu}}\n"
+        "tiling: {tile_size: 64, overlap: 16}\n"
+        f"crf: {{enabled: {str(crf).lower()}, iterations: 2}}\n"
+        "vectorize: {enabled: false}\nquicklook: false\n")
+    return path
+
+
+def _run_classes(pipeline: Path) -> np.ndarray:
+    result = run(load_pipeline(pipeline))
+    with rasterio.open(result.outputs["classes"]) as ds:
+        return ds.read(1)
+
+
+@pytest.mark.parametrize("float_data, crf", [(False, True), (True, True), (True, False)])
+def test_segment_equals_the_file_pipeline_whatever_the_chunking(tmp_path, tiny_checkpoint,
+                                                                float_data, crf):
+    raster = _scene(tmp_path, float_data=float_data)
+    pipeline = _pipeline(tmp_path, tiny_checkpoint, crf)
+    expected = _run_classes(pipeline)
+    results = []
+    for chunks in ({"x": 50, "y": 33}, {"x": 230, "y": 150}, {"band": 1, "x": 97, "y": 64}):
+        image = rioxarray.open_rasterio(raster, chunks=chunks)
+        ds = image.deeplab.segment(pipeline=pipeline)
+        assert isinstance(ds.classes.data, da.Array)
+        results.append(ds.classes.values)
+    for classes in results:
+        assert (classes == expected).mean() >= 0.999
+        np.testing.assert_array_equal(classes, results[0])
+    assert (results[0][:30, :40] == 255).all()  # nodata stays nodata
+
+
+def test_result_carries_grid_crs_nodata_and_class_attributes(tmp_path, tiny_checkpoint):
+    raster = _scene(tmp_path)
+    image = rioxarray.open_rasterio(raster, chunks={"x": 128, "y": 128})
+    ds = dx.segment(image, str(tiny_checkpoint), tile_size=64, overlap=16, crf=False,
+                    device="cpu")
+    assert set(ds.data_vars) == {"classes", "confidence"}
+    assert ds.classes.dtype == np.uint8 and ds.confidence.dtype == np.uint8
+    np.testing.assert_array_equal(ds.x, image.x)
+    np.testing.assert_array_equal(ds.y, image.y)
+    assert ds.classes.rio.crs == image.rio.crs
+    assert ds.classes.rio.nodata == 255
+    assert ds.classes.rio.transform() == image.rio.transform()
+    assert ds.classes.attrs["class_names"] == TINY_CLASSES
+    assert len(ds.classes.attrs["class_colours"]) == 3
+    confidence = ds.confidence.values
+    assert ((confidence <= 100) | (confidence == 255)).all()
+
+
+def test_nothing_is_computed_before_it_is_asked_for(tmp_path, tiny_checkpoint):
+    reads = []
+
+    def counted(block):
+        reads.append(block.shape)
+        return block
+
+    raster = _scene(tmp_path)
+    image = rioxarray.open_rasterio(raster, chunks={"x": 64, "y": 64})
+    image = image.copy(data=image.data.map_blocks(
+        counted, dtype=image.dtype, meta=np.empty((0, 0, 0), image.dtype)))
+    ds = image.deeplab.segment(checkpoint=str(tiny_checkpoint), tile_size=64, overlap=16,
+                               crf={"iterations": 1}, device="cpu")  # a delayed CRF stretch
+    assert reads == []
+    ds.classes[:10, :10].compute()
+    assert reads
+
+
+def test_numpy_input_gives_a_computed_result_and_2d_arrays_take_one_band(tmp_path,
+                                                                         tiny_checkpoint):
+    raster = _scene(tmp_path)
+    image = rioxarray.open_rasterio(raster).load()
+    ds = dx.segment(image, str(tiny_checkpoint), tile_size=64, overlap=16, device="cpu")
+    assert isinstance(ds.classes.data, np.ndarray)
+    with pytest.raises(InputError, match="3"):
+        dx.segment(image.isel(band=0), str(tiny_checkpoint), device="cpu")
+    with pytest.raises(InputError, match="select the others"):
+        dx.segment(image.expand_dims(time=2), str(tiny_checkpoint), device="cpu")
+    with pytest.raises(InputError, match="DataArray"):
+        dx.segment(image.to_dataset(name="image"), str(tiny_checkpoint))
+
+
+def test_vectorize_gives_the_cli_polygons(tmp_path, tiny_checkpoint):
+    import geopandas
+
+    raster = _scene(tmp_path)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"input: scene.tif\noutput_dir: out\nmodel: {{checkpoint: {tiny_checkpoint}, "
+        "device: cpu}\ntiling: {tile_size: 64, overlap: 16}\ncrf: {enabled: false}\n"
+        "vectorize: {enabled: true}\nquicklook: false\n")
+    cli = geopandas.read_file(run(load_pipeline(pipeline)).outputs["polygons"])
+    ds = rioxarray.open_rasterio(raster, chunks={"x": 100}).deeplab.segment(pipeline=pipeline)
+    frame = dx.vectorize(ds.classes)
+    assert len(frame) == len(cli)
+    assert frame.crs == cli.crs
+    assert sorted(frame["class_name"]) == sorted(cli["class_name"])
+    assert abs(frame.area.sum() - cli.area.sum()) < 1e-6
+    result = ds.classes.deeplab.vectorize(tmp_path / "array.gpkg")
+    assert result.polygons == len(cli)
+    assert len(geopandas.read_file(tmp_path / "array.gpkg")) == len(cli)
+
+
+def test_runs_on_a_distributed_cluster(tmp_path, tiny_checkpoint):
+    from distributed import Client, LocalCluster
+
+    raster = _scene(tmp_path)
+    pipeline = _pipeline(tmp_path, tiny_checkpoint, crf=False)
+    expected = _run_classes(pipeline)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        ds = rioxarray.open_rasterio(raster, chunks={"x": 64}).deeplab.segment(
+            pipeline=pipeline)
+        classes = client.compute(ds.classes.data).result()
+        assert len(client.nthreads()) == 2
+    assert (classes == expected).mean() >= 0.999
+
+
+def test_writes_with_rioxarray(tmp_path, tiny_checkpoint):
+    raster = _scene(tmp_path)
+    ds = rioxarray.open_rasterio(raster, chunks=True).deeplab.segment(
+        checkpoint=str(tiny_checkpoint), tile_size=64, overlap=16, device="cpu")
+    with dask.config.set(scheduler="threads"):
+        ds.classes.rio.to_raster(tmp_path / "classes.tif", tiled=True)
+    with rasterio.open(tmp_path / "classes.tif") as out, rasterio.open(raster) as src:
+        assert out.crs == src.crs and out.transform == src.transform
+        assert out.nodata == 255
+        np.testing.assert_array_equal(out.read(1), ds.classes.values)
+
+
+def test_accessor_is_registered_on_import():
+    assert hasattr(xr.DataArray, "deeplab")
