@@ -97,18 +97,23 @@ class BatchResult:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def is_batch(spec: Path) -> bool:
-    """Whether an ``input`` names a batch (folder, glob or list) rather than one raster."""
+def is_batch(spec: Path | str) -> bool:
+    """Whether an ``input`` names a batch (folder, glob or list) rather than one raster (a URL
+    is one raster or STAC Item)."""
+    if isinstance(spec, str):
+        return False
     return spec.is_dir() or spec.suffix.lower() == ".txt" or glob.has_magic(str(spec))
 
 
-def resolve_inputs(spec: Path) -> list[Path]:
-    """The rasters an ``input`` names, sorted, as absolute paths.
+def resolve_inputs(spec: Path | str) -> list[Path | str]:
+    """The rasters an ``input`` names, sorted, as absolute paths (a URL as it is).
 
     Raises:
         InputError: a folder, pattern or list that names no raster; a list that names a missing
             file.
     """
+    if isinstance(spec, str):
+        return [spec]
     if spec.suffix.lower() == ".txt" and spec.is_file():
         paths = []
         for number, line in enumerate(spec.read_text(encoding="utf-8").splitlines(), 1):
@@ -130,10 +135,11 @@ def resolve_inputs(spec: Path) -> list[Path]:
     return sorted({p.resolve() for p in paths})
 
 
-def plan(inputs: list[Path], output_dir: Path, *, batch: bool) -> list[BatchItem]:
+def plan(inputs: list[Path | str], output_dir: Path, *, batch: bool) -> list[BatchItem]:
     """Where each input's outputs go (pure; see the module docstring)."""
     if not batch:
-        return [BatchItem(inputs[0], output_dir, inputs[0].name, inputs[0].name)]
+        name = inputs[0].name if isinstance(inputs[0], Path) else str(inputs[0])
+        return [BatchItem(inputs[0], output_dir, name, name)]
     root = Path(os.path.commonpath([p.parent for p in inputs]))
     items: list[BatchItem] = []
     taken: set[str] = set()
@@ -160,7 +166,9 @@ def config_hash(config: PipelineConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _file_stamp(path: Path) -> list[int]:
+def _file_stamp(path: Path | str) -> list[int] | str:
+    if isinstance(path, str):  # a URL: nothing to stat
+        return path
     stat = path.stat()
     return [stat.st_size, stat.st_mtime_ns]
 

@@ -180,6 +180,17 @@ class ExecutionSettings(_Section):
     crf_processes: int = Field(2, ge=1, le=256)
     gdal_cache_mb: int = Field(128, ge=16, le=65536)
     in_flight: int | None = Field(None, ge=1, le=4096)
+    http_timeout_s: int = Field(30, ge=1, le=3600)
+
+
+class InputSettings(_Section):
+    """How ``input`` is read when it is a STAC Item (a ``.json`` file or URL; see
+    :mod:`deeplab_geo.sources`): ``assets`` names the Item's assets that are the model's bands,
+    in order (``[B04, B03, B02]``; one multi-band asset gives all its bands). A remote raster
+    (``https://``) is read through GDAL's ``/vsicurl/``; ``execution.http_timeout_s`` bounds
+    each request."""
+
+    assets: list[str] | None = Field(None, min_length=1)
 
 
 class OutputSettings(_Section):
@@ -229,10 +240,16 @@ class BatchSettings(_Section):
     merge: bool = False
 
 
-class PipelineConfig(_Section):
-    """A validated pipeline. Paths are absolute once loaded through :func:`load_pipeline`."""
+def is_url(value: Any) -> bool:
+    """Whether an ``input`` is a URL (kept as text: a path would fold its ``//``)."""
+    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
 
-    input: Path
+
+class PipelineConfig(_Section):
+    """A validated pipeline. Paths are absolute once loaded through :func:`load_pipeline`;
+    ``input`` is a path, or a URL kept as a string."""
+
+    input: Path | str
     output_dir: Path
     model: ModelSettings = ModelSettings()
     tta: TTASettings = TTASettings()
@@ -244,6 +261,15 @@ class PipelineConfig(_Section):
     batch: BatchSettings = BatchSettings()
     outputs: OutputSettings = OutputSettings()
     quicklook: bool = True
+    stac: InputSettings = InputSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _input_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("input"), str) \
+                and not is_url(data["input"]):
+            data = {**data, "input": Path(data["input"])}
+        return data
 
 
 def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -316,7 +342,7 @@ def _resolve_paths(schema: type[BaseModel], data: dict[str, Any], base: Path) ->
             if isinstance(value, dict):
                 data[name] = _resolve_paths(section, value, base)
         elif isinstance(value, str) and _is_path_field(name, annotation):
-            if not value.startswith("builtin:"):
+            if not value.startswith("builtin:") and not is_url(value):
                 data[name] = str((base / value).resolve())
     return data
 

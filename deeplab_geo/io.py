@@ -57,7 +57,19 @@ class Grid:
 
 
 def open_raster(path: str | Path) -> rasterio.DatasetReader:
-    """Open a raster for reading, with one-line errors for the usual problems."""
+    """Open a raster for reading, with one-line errors for the usual problems.
+
+    GDAL virtual paths (``/vsicurl/https://...``) are opened as they are; a server that fails or
+    stalls gives one line with GDAL's reason.
+    """
+    if str(path).startswith("/vsi"):
+        try:
+            return rasterio.open(str(path))
+        except RasterioIOError as exc:
+            where = str(path).removeprefix("/vsicurl/")
+            reason = str(exc).replace(str(path), "").strip(" :") or "no answer"
+            raise RasterReadError(f"{where}: cannot read the remote raster ({reason}); check "
+                                  "the URL and that the server answers") from None
     path = Path(path)
     if not path.exists():
         raise RasterReadError(f"{path}: input raster not found; check the input path")
@@ -96,36 +108,59 @@ def pixel_size_m(ds: rasterio.DatasetReader) -> float:
 
 def stack_bands(paths: list[Path], out: Path) -> Path:
     """Write ``out``, a VRT whose band ``i`` is band 1 of ``paths[i]`` (one raster of single-band
-    files, as Landsat scenes ship). Bands are Float32 and keep each source's nodata value.
+    files, as Landsat scenes ship). Bands keep each source's nodata value and share one data
+    type: the sources' own where they agree, else Float32.
 
     Raises:
         InputError: a file is missing, or the files do not share one grid.
     """
+    return write_vrt([(str(Path(p).resolve()), 1) for p in paths], out)
+
+
+def write_vrt(sources: list[tuple[str, int]], out: Path) -> Path:
+    """Write ``out``, a VRT of the given ``(GDAL path, band)`` sources in order: local files,
+    or ``/vsicurl/`` URLs read with range requests when the VRT is read. All sources must share
+    one grid; bands keep their nodata value and share one data type (the sources' own where
+    they agree, else Float32).
+
+    Raises:
+        InputError: a source that cannot be opened or lacks the band, or sources that do not
+            share one grid.
+    """
     from xml.sax.saxutils import escape
 
-    grids, bands = set(), []
-    for number, path in enumerate(paths, 1):
+    grids, bands, dtypes = set(), [], set()
+    for number, (path, band) in enumerate(sources, 1):
         with open_raster(path) as ds:
+            if not 1 <= band <= ds.count:
+                raise InputError(f"{Path(path).name}: has no band {band} (it has {ds.count})")
             grids.add((ds.width, ds.height, ds.crs.to_wkt() if ds.crs else None,
                        ds.transform.to_gdal()))
-            nodata = "" if ds.nodata is None else f"<NoDataValue>{ds.nodata!r}</NoDataValue>"
+            nodata = ds.nodatavals[band - 1]
+            nodata = "" if nodata is None else f"<NoDataValue>{nodata!r}</NoDataValue>"
             width, height = ds.width, ds.height
+            dtypes.add(ds.dtypes[band - 1])
             bands.append(
-                f'<VRTRasterBand dataType="Float32" band="{number}">{nodata}<ComplexSource>'
-                f'<SourceFilename relativeToVRT="0">{escape(str(Path(path).resolve()))}'
-                f'</SourceFilename><SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" '
+                f'<VRTRasterBand dataType="{{dtype}}" band="{number}">{nodata}<ComplexSource>'
+                f'<SourceFilename relativeToVRT="0">{escape(path)}'
+                f'</SourceFilename><SourceBand>{band}</SourceBand><SrcRect xOff="0" yOff="0" '
                 f'xSize="{width}" ySize="{height}"/><DstRect xOff="0" yOff="0" '
                 f'xSize="{width}" ySize="{height}"/>{nodata}</ComplexSource></VRTRasterBand>')
     if len(grids) != 1:
-        raise InputError(f"{', '.join(Path(p).name for p in paths)}: the bands are not on one "
-                         "grid (size, CRS, geotransform); resample them to one first")
+        raise InputError(f"{', '.join(Path(p).name for p, _ in sources)}: the bands are not on "
+                         "one grid (size, CRS, geotransform); resample them to one first")
+    dtype = _GDAL_TYPES.get(dtypes.pop(), "Float32") if len(dtypes) == 1 else "Float32"
     width, height, crs, transform = grids.pop()
     srs = f"<SRS>{escape(crs)}</SRS>" if crs else ""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}'
                    f"<GeoTransform>{', '.join(map(repr, transform))}</GeoTransform>"
-                   f"{''.join(bands)}</VRTDataset>", encoding="utf-8")
+                   f"{''.join(bands).replace('{dtype}', dtype)}</VRTDataset>", encoding="utf-8")
     return out
+
+
+_GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+               "int32": "Int32", "float32": "Float32", "float64": "Float64"}
 
 
 def ground_pixel_size_m(ds: rasterio.DatasetReader) -> float:

@@ -40,7 +40,7 @@ from dask.callbacks import Callback
 import deeplab_geo
 from deeplab_geo import cluster as cluster_module
 from deeplab_geo import crf as crf_module
-from deeplab_geo import io, tiling
+from deeplab_geo import io, sources, stac, tiling
 from deeplab_geo.config import CRFSettings, PipelineConfig
 from deeplab_geo.errors import InputError
 from deeplab_geo.plugins import choose_backend, load_model
@@ -83,6 +83,7 @@ def output_names(input_path: Path, polygon_format: str = "gpkg") -> dict[str, st
         "polygons": f"{stem}{SUFFIXES[polygon_format]}",
         "quicklook": f"{stem}_quicklook.png",
         "report": "run.json",
+        "item": f"{stem}_item.json",
     }
 
 
@@ -98,11 +99,14 @@ def run(config: PipelineConfig, *, progress: ProgressFactory | None = None) -> R
         DeepLabGeoError: bad input, checkpoint, backend or output directory, or a write that
             failed (a full disk: :class:`~deeplab_geo.errors.OutputError`); nothing is written.
     """
-    with rasterio.Env(GDAL_CACHEMAX=config.execution.gdal_cache_mb * 2**20):
-        return _run(config, progress)
+    with rasterio.Env(GDAL_CACHEMAX=config.execution.gdal_cache_mb * 2**20,
+                      **sources.gdal_options(config)), \
+            sources.local_input(config) as (config, origin):
+        return _run(config, progress, origin)
 
 
-def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
+def _run(config: PipelineConfig, progress: ProgressFactory | None,
+         origin: sources.Origin) -> RunResult:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     backend_name = choose_backend(config.model.backend, config.model.device)
@@ -185,6 +189,10 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None) -> RunResult:
             report = _report(config, profile, grid, writer.counts, info.classes, timings,
                              polygon_count, plan)
             staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            item = stac.run_item(config.input.stem,
+                                 {k: n for k, n in names.items() if k != "item"}, profile,
+                                 info.classes, info.colours, origin)
+            staged["item"].write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
             outputs = io.publish(staged, config.output_dir)
     return RunResult(outputs=outputs, report=report)
 
@@ -207,7 +215,8 @@ def _predict_all(config: PipelineConfig, plan: WindowPlan, grid: list[tiling.Til
                  crf: tuple[CRFSettings, crf_module.ColourMapping] | None,
                  progress: ProgressFactory | None) -> None:
     jobs = [
-        TileJob(str(config.input), batch, window_settings(config, plan, crf))
+        TileJob(str(config.input), batch, window_settings(config, plan, crf),
+                sources.gdal_options(config))
         for batch in tiling.batches(grid, plan.batch_size)
     ]
     bar = progress(len(grid)) if progress else None

@@ -201,6 +201,7 @@ class TileJob:
     raster: str
     tiles: list[tiling.Tile]
     settings: WindowSettings
+    gdal: dict[str, Any] = field(default_factory=dict)  # options to read the raster with
 
 
 def crf_settings(config: PipelineConfig, plan: WindowPlan, ds: Any) -> CRFSettings | None:
@@ -231,7 +232,7 @@ validity mask ``(h, w)``."""
 
 def process_batch(job: TileJob) -> list[TileCore]:
     """Read a batch of tiles from the raster file and process them (:func:`process_windows`)."""
-    with rasterio.open(job.raster) as ds:
+    with rasterio.Env(**job.gdal), rasterio.open(job.raster) as ds:
         reads = [io.read_window(ds, tile.read_window, tile.core_slices) for tile in job.tiles]
     return process_windows(job.settings, job.tiles, reads)
 

@@ -22,6 +22,7 @@ def test_run_writes_all_outputs_georeferenced(tiny_pipeline, tiny_raster):
     out = tiny_pipeline.parent / "out"
     assert sorted(p.name for p in out.iterdir()) == [
         "manifest.json", "run.json", "tiny.gpkg", "tiny_classes.tif", "tiny_confidence.tif",
+        "tiny_item.json",
         "tiny_quicklook.png"]
     with rasterio.open(tiny_raster) as src, rasterio.open(out / "tiny_classes.tif") as cls, \
             rasterio.open(out / "tiny_confidence.tif") as conf:

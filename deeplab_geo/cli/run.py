@@ -29,9 +29,9 @@ from deeplab_geo.cli._common import (
 
 @click.command("run")
 @click.argument("pipeline", type=click.Path(path_type=Path))
-@click.option("--input", "input_path", type=click.Path(path_type=Path),
-              help="Raster, folder, glob pattern or .txt list of rasters (overrides the "
-                   "pipeline's input).")
+@click.option("--input", "input_path", metavar="PATH|URL",
+              help="Raster, folder, glob pattern, .txt list of rasters, STAC Item (.json) or "
+                   "https:// URL of a raster or Item (overrides the pipeline's input).")
 @click.option("--output-dir", type=click.Path(path_type=Path),
               help="Where outputs go (overrides the pipeline's output_dir).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -43,23 +43,25 @@ from deeplab_geo.cli._common import (
               help="Redo inputs that the output directory's manifest records as finished.")
 @progress_option
 @reports_errors
-def command(pipeline: Path, input_path: Path | None, output_dir: Path | None,
+def command(pipeline: Path, input_path: str | None, output_dir: Path | None,
             overrides: tuple[str, ...], scheduler: str | None, force: bool,
             progress_style: str, quiet: bool) -> None:
     """Segment the raster(s) named in PIPELINE (a YAML file) and write maps and polygons.
 
     The input may be one raster, a folder, a glob pattern or a .txt list of rasters; each gets
-    its own outputs. Inputs finished earlier with the same settings are skipped (see
+    its own outputs. It may also be a STAC Item (.json; name its bands with --set
+    stac.assets=[B04,B03,B02]) or the https:// URL of a raster (a COG is read by range
+    requests) or of an Item. Inputs finished earlier with the same settings are skipped (see
     output_dir/manifest.json) unless --force. Relative paths inside the YAML file resolve
     against the folder that holds it; paths given on the command line resolve against the
     working directory.
     """
     from deeplab_geo.batch import run_batch
-    from deeplab_geo.config import load_pipeline
+    from deeplab_geo.config import is_url, load_pipeline
 
     values = parse_overrides(overrides)
     if input_path is not None:
-        values["input"] = input_path
+        values["input"] = input_path if is_url(input_path) else Path(input_path)
     if output_dir is not None:
         values["output_dir"] = output_dir
     if scheduler is not None:
