@@ -7,6 +7,7 @@ Importing this module registers a ``.deeplab`` accessor on :class:`xarray.DataAr
     result = image.deeplab.segment(checkpoint="builtin:landcover-demo", crf=True)
     result.classes.rio.to_raster("classes.tif", tiled=True)            # computed here, in blocks
     deeplab_geo.xarray.vectorize(result.classes, "polygons.gpkg")
+    deeplab_geo.xarray.write(result, "out/", stem="scene")            # COGs and a GeoPackage
 
 The result is an :class:`xarray.Dataset` with ``classes`` (uint8, nodata 255) and
 ``confidence`` (uint8 percent, nodata 255) on the input's ``x``/``y`` coordinates and CRS, the
@@ -58,7 +59,7 @@ from deeplab_geo.windows import (
     window_settings,
 )
 
-__all__ = ["segment", "vectorize", "DeepLabAccessor"]
+__all__ = ["segment", "vectorize", "write", "DeepLabAccessor"]
 
 _STRETCH_SAMPLE = 1024  # longest side of the sample the CRF's colour stretch is measured on
 
@@ -288,44 +289,126 @@ def vectorize(classes: xr.DataArray, path: str | Path | None = None, *,
         settings: a :class:`deeplab_geo.config.VectorizeSettings` or a dict of them.
         confidence: averaged per polygon into ``mean_confidence`` (default: none).
     """
-    from deeplab_geo.config import VectorizeSettings
-    from deeplab_geo.vectorize import vectorize_strips
-
-    if isinstance(settings, dict) or settings is None:
-        settings = VectorizeSettings.model_validate(settings or {})
-    names = classes.attrs.get("class_names")
-    if not names:
-        raise InputError("the class array has no class_names attribute; pass the classes of "
-                         "deeplab_geo.xarray.segment")
-    crs = classes.rio.crs
-    if crs is None:
-        raise InputError("the class array has no CRS; write one with .rio.write_crs")
-    height, width = classes.shape
-    transform = classes.rio.transform(recalc=True)
-
-    def strips():
-        for row0, row1 in tiling.strip_bounds(height, width, 512):
-            part = [classes[row0:row1]] + ([confidence[row0:row1]] if confidence is not None
-                                           else [])
-            values = [np.asarray(v) for v in dask.compute(*[p.data for p in part])]
-            yield Strip(row0, row1, values[0].astype(np.uint8, copy=False),
-                        values[1].astype(np.uint8, copy=False) if len(values) > 1 else None)
-
-    def write(out: Path) -> Any:
-        return vectorize_strips(strips(), out, crs=crs, transform=transform, width=width,
-                                height=height, class_names=list(names), settings=settings,
-                                with_confidence=confidence is not None,
-                                confidence_scale=CONFIDENCE_SCALE, nodata=CLASS_NODATA,
-                                source=str(classes.name or "classes"))
-
+    grid = _class_grid(classes)
+    settings = _vectorize_settings(settings)
     if path is not None:
-        return write(Path(path))
+        return _vectorize_to(_strips(classes, confidence), Path(path), grid, classes,
+                             settings, confidence is not None)
     import geopandas
 
     with tempfile.TemporaryDirectory(prefix="deeplab-geo-") as folder:
         out = Path(folder) / "polygons.gpkg"
-        write(out)
+        _vectorize_to(_strips(classes, confidence), out, grid, classes, settings,
+                      confidence is not None)
         return geopandas.read_file(out)
+
+
+def write(result: xr.Dataset, output_dir: str | Path, *, stem: str = "segmented",
+          polygons: bool | dict[str, Any] = True) -> dict[str, Path]:
+    """Write a :func:`segment` result as ``deeplab-geo run`` writes its outputs: the class and
+    confidence rasters as Cloud Optimized GeoTIFFs (colour table, class names, overviews) and,
+    with ``polygons``, a GeoPackage (a dict: ``vectorize`` settings).
+
+    One pass over the result, strip by strip: each strip is computed once, written at every
+    overview level and traced into polygons, so memory stays bounded however large the lazy
+    array. Outputs are staged in ``output_dir`` and appear together, or not at all.
+
+    Returns:
+        The final paths (``classes``, ``confidence``, ``polygons``).
+    """
+    from deeplab_geo.stitch import ClassMapWriter
+
+    classes = result["classes"]
+    confidence = result["confidence"] if "confidence" in result else None
+    grid = _class_grid(classes)
+    names = list(classes.attrs["class_names"])
+    colours = [[int(h[i:i + 2], 16) for i in (1, 3, 5)]
+               for h in classes.attrs.get("class_colours", [])] or None
+    output_dir = Path(output_dir)
+    files = {"classes": f"{stem}_classes.tif", "confidence": f"{stem}_confidence.tif",
+             "polygons": f"{stem}.gpkg"}
+    if confidence is None:
+        del files["confidence"]
+    settings = None
+    if polygons:
+        settings = _vectorize_settings(polygons if isinstance(polygons, dict) else None)
+    else:
+        del files["polygons"]
+    profile = {"crs": grid.crs, "transform": grid.transform, "width": grid.width,
+               "height": grid.height}
+    with io.staged_outputs(output_dir) as staging:
+        staged = {key: staging / name for key, name in files.items()}
+        writer = ClassMapWriter(profile, staged["classes"], staged.get("confidence"), names,
+                                colours or _grey(len(names)))
+        try:
+            def written():
+                for strip in _strips(classes, confidence):
+                    writer.write(strip)
+                    yield strip
+
+            if settings is not None:
+                _vectorize_to(written(), staged["polygons"], grid, classes, settings,
+                              confidence is not None)
+            else:
+                for _ in written():
+                    pass
+            writer.finish()
+        finally:
+            writer.close()
+        return io.publish(staged, output_dir)
+
+
+def _class_grid(classes: xr.DataArray) -> io.Grid:
+    if not classes.attrs.get("class_names"):
+        raise InputError("the class array has no class_names attribute; pass the classes of "
+                         "deeplab_geo.xarray.segment")
+    if classes.rio.crs is None:
+        raise InputError("the class array has no CRS; write one with .rio.write_crs")
+    height, width = classes.shape
+    return io.Grid(name=str(classes.name or "classes"), crs=classes.rio.crs,
+                   transform=classes.rio.transform(recalc=True), width=width, height=height,
+                   dtype="uint8", nodata=CLASS_NODATA)
+
+
+def _vectorize_settings(settings: Any) -> Any:
+    from deeplab_geo.config import VectorizeSettings
+
+    if isinstance(settings, VectorizeSettings):
+        return settings
+    try:
+        return VectorizeSettings.model_validate(settings or {})
+    except ValueError as exc:
+        raise ConfigError(f"vectorize settings: {exc}") from None
+
+
+def _strips(classes: xr.DataArray, confidence: xr.DataArray | None):
+    """Full-width strips of whole 512-row blocks, computed one at a time, top to bottom (a
+    strip that is all nodata carries no arrays)."""
+    height, width = classes.shape
+    for row0, row1 in tiling.strip_bounds(height, width, 512):
+        parts = [classes.data[row0:row1]]
+        if confidence is not None:
+            parts.append(confidence.data[row0:row1])
+        values = [np.asarray(v, np.uint8) for v in dask.compute(*parts)]
+        if (values[0] == CLASS_NODATA).all():
+            yield Strip(row0, row1, None, None)
+            continue
+        yield Strip(row0, row1, values[0], values[1] if len(values) > 1 else None)
+
+
+def _vectorize_to(strips: Any, out: Path, grid: io.Grid, classes: xr.DataArray, settings: Any,
+                  with_confidence: bool) -> Any:
+    from deeplab_geo.vectorize import vectorize_strips
+
+    return vectorize_strips(strips, out, crs=grid.crs, transform=grid.transform,
+                            width=grid.width, height=grid.height,
+                            class_names=list(classes.attrs["class_names"]), settings=settings,
+                            with_confidence=with_confidence, confidence_scale=CONFIDENCE_SCALE,
+                            nodata=CLASS_NODATA, source=grid.name)
+
+
+def _grey(count: int) -> list[list[int]]:
+    return [[round(255 * i / max(1, count - 1))] * 3 for i in range(count)]
 
 
 @xr.register_dataarray_accessor("deeplab")

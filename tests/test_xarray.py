@@ -167,3 +167,50 @@ def test_writes_with_rioxarray(tmp_path, tiny_checkpoint):
 
 def test_accessor_is_registered_on_import():
     assert hasattr(xr.DataArray, "deeplab")
+
+
+def test_write_gives_the_cli_outputs_in_one_pass(tmp_path, tiny_checkpoint):
+    import geopandas
+
+    raster = _scene(tmp_path)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"input: scene.tif\noutput_dir: cli\nmodel: {{checkpoint: {tiny_checkpoint}, "
+        "device: cpu}\ntiling: {tile_size: 64, overlap: 16}\ncrf: {enabled: false}\n"
+        "quicklook: false\n")
+    cli = run(load_pipeline(pipeline)).outputs
+    ds = rioxarray.open_rasterio(raster, chunks={"x": 100}).deeplab.segment(pipeline=pipeline)
+    outputs = dx.write(ds, tmp_path / "xr", stem="scene")
+    assert sorted(p.name for p in (tmp_path / "xr").iterdir()) == [
+        "scene.gpkg", "scene_classes.tif", "scene_confidence.tif"]
+    for key in ("classes", "confidence"):
+        with rasterio.open(outputs[key]) as mine, rasterio.open(cli[key]) as theirs:
+            np.testing.assert_array_equal(mine.read(1), theirs.read(1))
+            assert mine.crs == theirs.crs and mine.transform == theirs.transform
+            assert mine.nodata == theirs.nodata == 255
+            assert mine.tags(1).get("CLASS_NAMES") == theirs.tags(1).get("CLASS_NAMES")
+    with rasterio.open(outputs["classes"]) as mine:
+        assert mine.colormap(1)[0] == (*[int(ds.classes.attrs["class_colours"][0][i:i + 2], 16)
+                                         for i in (1, 3, 5)], 255)
+    assert len(geopandas.read_file(outputs["polygons"])) == \
+        len(geopandas.read_file(cli["polygons"]))
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path, tiny_checkpoint):
+    raster = _scene(tmp_path)
+    calls = []
+
+    def breaks(block):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError("the disk went away")
+        return block
+
+    image = rioxarray.open_rasterio(raster, chunks={"y": 40})
+    image = image.copy(data=image.data.map_blocks(
+        breaks, dtype=image.dtype, meta=np.empty((0, 0, 0), image.dtype)))
+    ds = image.deeplab.segment(checkpoint=str(tiny_checkpoint), tile_size=64, overlap=16,
+                               crf=False, device="cpu")
+    with pytest.raises(OSError, match="went away"):
+        dx.write(ds, tmp_path / "xr", stem="scene")
+    assert list((tmp_path / "xr").iterdir()) == []
