@@ -382,18 +382,34 @@ def _vectorize_settings(settings: Any) -> Any:
 
 
 def _strips(classes: xr.DataArray, confidence: xr.DataArray | None):
-    """Full-width strips of whole 512-row blocks, computed one at a time, top to bottom (a
-    strip that is all nodata carries no arrays)."""
+    """Full-width strips of whole 512-row blocks, top to bottom (a strip that is all nodata
+    carries no arrays).
+
+    The array is computed one row of its own chunks at a time (a :func:`segment` result: one
+    row of tiles), each exactly once, and cut into block-aligned strips from a buffer of at most
+    one chunk row plus a block."""
     height, width = classes.shape
-    for row0, row1 in tiling.strip_bounds(height, width, 512):
-        parts = [classes.data[row0:row1]]
-        if confidence is not None:
-            parts.append(confidence.data[row0:row1])
-        values = [np.asarray(v, np.uint8) for v in dask.compute(*parts)]
-        if (values[0] == CLASS_NODATA).all():
-            yield Strip(row0, row1, None, None)
+    parts = [classes.data] + ([confidence.data] if confidence is not None else [])
+    parts = [p if isinstance(p, da.Array) else da.from_array(p, chunks=(512, -1))
+             for p in parts]
+    bounds = [int(b) for b in np.cumsum((0,) + parts[0].chunks[0])]
+    buffered: list[list[np.ndarray]] = [[] for _ in parts]
+    row0 = 0
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        for held, value in zip(buffered, dask.compute(*[p[start:stop] for p in parts])):
+            held.append(np.asarray(value, np.uint8))
+        ready = stop if stop == height else row0 + (stop - row0) // 512 * 512
+        if ready == row0:
             continue
-        yield Strip(row0, row1, values[0], values[1] if len(values) > 1 else None)
+        joined = [np.concatenate(held) for held in buffered]
+        cut = ready - row0
+        buffered = [[j[cut:]] for j in joined]
+        strip = [j[:cut] for j in joined]
+        if (strip[0] == CLASS_NODATA).all():
+            yield Strip(row0, ready, None, None)
+        else:
+            yield Strip(row0, ready, strip[0], strip[1] if len(strip) > 1 else None)
+        row0 = ready
 
 
 def _vectorize_to(strips: Any, out: Path, grid: io.Grid, classes: xr.DataArray, settings: Any,

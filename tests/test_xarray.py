@@ -214,3 +214,24 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, tiny_checkpoint):
     with pytest.raises(OSError, match="went away"):
         dx.write(ds, tmp_path / "xr", stem="scene")
     assert list((tmp_path / "xr").iterdir()) == []
+
+
+def test_strips_are_block_aligned_and_each_chunk_row_is_computed_once():
+    computed = []
+
+    def counted(block, block_info=None):
+        computed.append(block_info[0]["chunk-location"])
+        return block
+
+    values = np.random.default_rng(0).integers(0, 3, (1300, 70)).astype(np.uint8)
+    values[:600] = 255  # the first strip is all nodata
+    array = da.from_array(values, chunks=((448, 448, 404), (30, 40)))
+    array = array.map_blocks(counted, dtype=np.uint8, meta=np.empty((0, 0), np.uint8))
+    classes = xr.DataArray(array, dims=("y", "x"))
+    strips = list(dx._strips(classes, None))
+    assert [(s.row0, s.row1) for s in strips] == [(0, 512), (512, 1300)]  # the last: the rest
+    assert strips[0].classes is None
+    np.testing.assert_array_equal(np.concatenate([s.classes for s in strips[1:]]),
+                                  values[512:])
+    assert sorted(computed) == sorted({loc for loc in computed})  # no chunk twice
+    assert len(computed) == 6
