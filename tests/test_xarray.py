@@ -32,14 +32,15 @@ def _scene(tmp_path: Path, *, float_data: bool = False) -> Path:
     return write_raster(tmp_path / "scene.tif", image.astype(np.uint8), nodata=0)
 
 
-def _pipeline(tmp_path: Path, checkpoint: Path, crf: bool) -> Path:
+def _pipeline(tmp_path: Path, checkpoint: Path, crf: bool, model: str = "",
+              extra: str = "") -> Path:
     path = tmp_path / "pipeline.yaml"
     path.write_text(
         "input: scene.tif\noutput_dir: out\n"
-        f"model: {{checkpoint: {checkpoint}, batch_size: 2, device: cpu}}\n"
+        f"model: {{checkpoint: {checkpoint}, batch_size: 2, device: cpu{model}}}\n"
         "tiling: {tile_size: 64, overlap: 16}\n"
         f"crf: {{enabled: {str(crf).lower()}, iterations: 2}}\n"
-        "vectorize: {enabled: false}\nquicklook: false\n")
+        "vectorize: {enabled: false}\nquicklook: false\n" + extra)
     return path
 
 
@@ -65,6 +66,28 @@ def test_segment_equals_the_file_pipeline_whatever_the_chunking(tmp_path, tiny_c
         assert (classes == expected).mean() >= 0.999
         np.testing.assert_array_equal(classes, results[0])
     assert (results[0][:30, :40] == 255).all()  # nodata stays nodata
+
+
+def test_tta_and_a_model_resolution_work_as_in_the_file_pipeline(tmp_path, tiny_checkpoint):
+    raster = _scene(tmp_path)
+    pipeline = _pipeline(tmp_path, tiny_checkpoint, True, ", resolution: 0.8",
+                         "tta: {flip: true, scales: [0.75, 1.0]}\n")
+    expected = _run_classes(pipeline)
+    ds = rioxarray.open_rasterio(raster, chunks={"x": 77}).deeplab.segment(pipeline=pipeline)
+    assert (ds.classes.values == expected).mean() >= 0.999
+
+
+def test_the_model_is_loaded_once_for_all_blocks(tmp_path, tiny_checkpoint):
+    from deeplab_geo.backends import torch_backend
+
+    raster = _scene(tmp_path)
+    torch_backend._load_cached.cache_clear()
+    ds = rioxarray.open_rasterio(raster, chunks={"x": 50}).deeplab.segment(
+        checkpoint=str(tiny_checkpoint), tile_size=64, overlap=16, batch_size=1, crf=False,
+        device="cpu", backend="torch")
+    assert ds.classes.data.npartitions > 8
+    ds.compute()
+    assert torch_backend._load_cached.cache_info().misses == 1
 
 
 def test_result_carries_grid_crs_nodata_and_class_attributes(tmp_path, tiny_checkpoint):
