@@ -100,3 +100,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf output data/sample data/chips dist
+
+.PHONY: schema
+## Regenerate pipelines/schema/*.json (the JSON Schemas editors check the shipped YAML against)
+schema: $(STAMP)
+	$(BIN)/deeplab-geo schema > pipelines/schema/pipeline.json
+	$(BIN)/deeplab-geo schema --train > pipelines/schema/train.json

@@ -321,7 +321,7 @@ def load_yaml_config(path: str | Path, schema: type[_Model],
     for dotted, value in (overrides or {}).items():
         if isinstance(value, Path):
             value = str(value.resolve())
-        _set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value)
     return _validate(schema, data, str(path))
 
 
@@ -365,7 +365,8 @@ def _is_path_field(name: str, annotation: Any) -> bool:
     return annotation is Path or Path in get_args(annotation) or name in ("checkpoint", "init")
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested mapping, creating sections (``ConfigError`` if one is not)."""
     *parents, leaf = dotted.split(".")
     node = data
     for part in parents:
@@ -650,7 +651,7 @@ def load_dataset_eval_config(path: str | Path | None,
         return load_yaml_config(path, DatasetEvalConfig, overrides)
     data: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, str(value) if isinstance(value, Path) else value)
+        set_dotted(data, dotted, str(value) if isinstance(value, Path) else value)
     return _validate(DatasetEvalConfig, data, "evaluate dataset")
 
 
@@ -661,3 +662,12 @@ def is_training_config(path: str | Path) -> bool:
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return False
     return isinstance(data, dict) and "data" in data
+
+
+def json_schema(kind: str = "pipeline") -> dict[str, Any]:
+    """The JSON Schema of pipeline (``"pipeline"``) or training (``"train"``) YAML files, with
+    each key's type, default, range and description (from the schema's docstrings)."""
+    schema = (PipelineConfig if kind == "pipeline" else TrainConfig).model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"deeplab-geo {kind}"
+    return schema

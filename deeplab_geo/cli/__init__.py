@@ -12,6 +12,8 @@ from deeplab_geo.cli import (
     import_model,
     run,
     sample,
+    schema,
+    segment,
     stack,
     train,
 )
@@ -23,5 +25,6 @@ def main() -> None:
     """DeepLab land-cover segmentation of large aerial and satellite rasters."""
 
 
-for module in (run, sample, stack, train, evaluate, export_onnx, import_model, backends):
+for module in (run, segment, sample, stack, schema, train, evaluate, export_onnx, import_model,
+               backends):
     main.add_command(module.command)

@@ -1,0 +1,78 @@
+"""`deeplab-geo segment` (no YAML) and `deeplab-geo schema`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import yaml
+from click.testing import CliRunner
+
+from deeplab_geo.cli import main
+from deeplab_geo.config import json_schema, load_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_segment_runs_without_yaml_and_prints_a_pipeline_that_reruns(tmp_path, tiny_raster,
+                                                                      tiny_checkpoint):
+    result = CliRunner().invoke(main, [
+        "segment", str(tiny_raster), "-o", str(tmp_path / "out"), "--model",
+        str(tiny_checkpoint), "--device", "cpu", "--tile-size", "32", "--no-crf",
+        "--format", "fgb", "--set", "tiling.overlap=8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {
+        "tiny_classes.tif", "tiny_confidence.tif", "tiny.fgb", "run.json"}
+    result = CliRunner().invoke(main, [
+        "segment", str(tiny_raster), "-o", str(tmp_path / "again"), "--model",
+        str(tiny_checkpoint), "--device", "cpu", "--tile-size", "32", "--no-crf",
+        "--no-polygons", "--set", "tiling.overlap=8", "--progress", "none"])
+    assert result.exit_code == 0, result.output
+    printed = result.output.split("Segmented")[0]
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(printed)
+    config = load_pipeline(saved)
+    assert config.tiling.tile_size == 32 and config.tiling.overlap == 8
+    assert not config.crf.enabled and not config.vectorize.enabled
+    rerun = CliRunner().invoke(main, ["run", str(saved), "--output-dir", str(tmp_path / "rerun"),
+                                      "--quiet"])
+    assert rerun.exit_code == 0, rerun.output
+    with rasterio.open(tmp_path / "out" / "tiny_classes.tif") as a, \
+            rasterio.open(tmp_path / "rerun" / "tiny_classes.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_segment_of_several_rasters_gives_a_folder_each_and_bad_input_one_line(
+        tmp_path, tiny_raster, tiny_checkpoint):
+    other = tmp_path / "other.tif"
+    other.write_bytes(tiny_raster.read_bytes())
+    result = CliRunner().invoke(main, [
+        "segment", str(tiny_raster), str(other), "-o", str(tmp_path / "out"), "--model",
+        str(tiny_checkpoint), "--device", "cpu", "--no-crf", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "tiny" / "tiny_classes.tif").exists()
+    assert (tmp_path / "out" / "other" / "other_classes.tif").exists()
+    result = CliRunner().invoke(main, ["segment", str(tmp_path / "missing.tif"), "-o",
+                                       str(tmp_path / "bad"), "--quiet"])
+    assert result.exit_code != 0
+    assert len(result.output.strip().splitlines()) == 1
+    assert "missing.tif" in result.output
+
+
+def test_schema_matches_the_shipped_files_and_checks_keys():
+    result = CliRunner().invoke(main, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert schema == json_schema("pipeline")
+    assert {"input", "output_dir", "model", "tiling", "crf", "stac"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+    for kind in ("pipeline", "train"):
+        shipped = json.loads((ROOT / "pipelines" / "schema" / f"{kind}.json").read_text())
+        assert shipped == json_schema(kind), f"pipelines/schema/{kind}.json: run make schema"
+    for path in (ROOT / "pipelines").glob("*.yaml"):
+        first = path.read_text().splitlines()[0]
+        data = yaml.safe_load(path.read_text())
+        kind = "train" if "data" in data else "pipeline"
+        assert first == f"# yaml-language-server: $schema=schema/{kind}.json", path.name
