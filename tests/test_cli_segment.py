@@ -76,3 +76,15 @@ def test_schema_matches_the_shipped_files_and_checks_keys():
         data = yaml.safe_load(path.read_text())
         kind = "train" if "data" in data else "pipeline"
         assert first == f"# yaml-language-server: $schema=schema/{kind}.json", path.name
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, tiny_pipeline):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from deeplab_geo.cli import main; main()", "run",
+         str(tiny_pipeline)], capture_output=True, text=True, check=True)
+    assert "\r" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("tiles ")]
+    assert lines and lines[-1].startswith("tiles 6/6 (100.0%)"), done.stderr

@@ -124,10 +124,52 @@ def show_log_messages() -> None:
 
 
 def tqdm_progress(unit: str) -> Callable[[int], Any]:
-    """A progress factory for :func:`deeplab_geo.pipeline.run`: tiles done, rate, ETA."""
+    """A progress factory for :func:`deeplab_geo.pipeline.run`: tiles done, rate, ETA. On a
+    terminal a bar; elsewhere (CI logs, files) plain lines (:class:`LineProgress`)."""
+    if not _is_terminal(sys.stderr):
+        return lambda total: LineProgress(total, unit)
     from tqdm import tqdm
 
     return lambda total: tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class LineProgress:
+    """Progress as plain lines on stderr, at most one every ``every`` seconds and at the end:
+    ``tiles 120/2025 (5.9%), 3.1 tile/s, 10:15 left``. No carriage returns: logs stay
+    readable."""
+
+    def __init__(self, total: int, unit: str, every: float = 10.0) -> None:
+        import time
+
+        self.total, self.unit, self.done, self.every = total, unit, 0, every
+        self._clock = time.monotonic
+        self._started = self._last = self._clock()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = self._clock()
+        if now - self._last >= self.every or self.done >= self.total:
+            self._last = now
+            click.echo(self.line(now - self._started), err=True)
+
+    def line(self, elapsed: float) -> str:
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        share = 100.0 * self.done / self.total if self.total else 100.0
+        text = f"{self.unit}s {self.done}/{self.total} ({share:.1f}%), {rate:.1f} {self.unit}/s"
+        if 0 < self.done < self.total and rate > 0:
+            left = int((self.total - self.done) / rate)
+            text += f", {left // 60}:{left % 60:02d} left"
+        return text
+
+    def close(self) -> None:
+        pass
 
 
 class JsonProgress:
