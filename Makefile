@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml plugins/onnx/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[test]' -e plugins/onnx
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]' -e plugins/onnx
 	touch $(STAMP)
 
 data/sample/orthophoto.tif: | $(STAMP)
@@ -41,9 +41,19 @@ evaluate-chips-demo: $(STAMP) data/sample/orthophoto.tif
 	$(BIN)/deeplab-geo evaluate pipeline pipelines/landcover.yaml --labels data/sample/labels.tif \
 	    --set model.checkpoint=output/chips-demo/model.safetensors
 
-## Run the test suite (slow tests: make test PYTEST_ARGS=--run-slow); installs QGIS where it can
-test: $(STAMP) qgis-deps
+## Build the docs (a broken link fails it), then run the test suite (slow tests:
+## make test PYTEST_ARGS=--run-slow); installs QGIS where it can
+test: $(STAMP) qgis-deps docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: docs
+## The documentation site in site/: regenerates docs/reference/ from the code, then builds with
+## mkdocs --strict (any warning, such as a broken link, fails it)
+docs: $(STAMP)
+	@$(BIN)/python -c "import importlib.metadata as m, sys; sys.exit(m.version('mkdocs') != '1.6.1')" \
+	  2>/dev/null || PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[docs]'
+	$(BIN)/python docs/gen_reference.py
+	$(BIN)/mkdocs build --strict --site-dir site
 
 ## Installable QGIS plugin: dist/deeplab_geo_qgis-<version>.zip (Plugins > Install from ZIP)
 qgis-plugin:
@@ -96,10 +106,10 @@ demo-landsat: $(STAMP)
 	    --json output/landsat/holdout_polygons.json
 
 lint: $(STAMP)
-	$(BIN)/ruff check deeplab_geo tests benchmarks plugins/qgis
+	$(BIN)/ruff check deeplab_geo tests benchmarks plugins/qgis docs
 
 clean:
-	rm -rf output data/sample data/chips dist
+	rm -rf output data/sample data/chips dist site
 
 .PHONY: schema
 ## Regenerate pipelines/schema/*.json (the JSON Schemas editors check the shipped YAML against)

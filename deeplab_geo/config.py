@@ -20,7 +20,8 @@ from deeplab_geo.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False,
+                              use_attribute_docstrings=True)
 
 
 class ModelSettings(_Section):
@@ -36,19 +37,40 @@ class ModelSettings(_Section):
     """
 
     checkpoint: str = "builtin:landcover-demo"
+    """The model: ``builtin:landcover-demo`` (the bundled demo model), a ``.safetensors`` file with
+    its ``model.json`` beside it, a ``.pt``/``.pth`` state dict or an ``.onnx`` file (zoo models
+    included). Relative paths resolve against the YAML file's folder."""
     backend: str = "auto"
+    """Inference backend: ``auto`` picks the fastest installed for the device (ONNX Runtime on the
+    CPU when ``deeplab-geo-onnx`` is installed, torch on CUDA), or a backend's name (``torch``,
+    ``onnx``, ...; ``deeplab-geo backends`` lists them)."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """Where the model runs: ``auto`` (a CUDA device when there is one, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``."""
     batch_size: int = Field(4, ge=1, le=1024)
+    """Tiles per forward pass."""
     resolution: Literal["auto", "native"] | Annotated[float, Field(gt=0)] = "auto"
+    """Ground sampling distance the model works at: ``auto`` takes the model's own (its metadata's
+    ``resolution``) and runs at the raster's where it has none, ``native`` always runs at the
+    raster's, a number (metres per pixel) sets it. Windows are resampled to it before inference
+    and the probabilities back to the raster's grid."""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    """Adds to or corrects what a foreign model (a zoo ``.onnx``) says of itself, with the zoo's
+    keys: ``class_names`` (id -> name), ``resolution`` in cm/px, ``tiles_size``,
+    ``tiles_overlap``, ``standardization_mean``, ``standardization_std``, ``seg_thresh``, ..."""
 
 
 class TTASettings(_Section):
     """Test-time augmentation: input scales (fused per pixel), horizontal flip."""
 
     scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    """Input scales each tile is predicted at, fused per pixel, e.g. ``[0.5, 0.75, 1.0]`` as in the
+    paper; each in 0.1..4.0."""
     flip: bool = False
+    """Also predict mirrored tiles; flipped and plain predictions are averaged."""
     fusion: Literal["max", "mean"] = "max"
+    """How the scales are fused per pixel, on class probabilities: ``max`` (the paper's) or
+    ``mean``."""
 
     @model_validator(mode="after")
     def _positive_scales(self) -> TTASettings:
@@ -66,7 +88,11 @@ class TilingSettings(_Section):
     """
 
     tile_size: int = Field(512, ge=16, le=8192)
+    """Window size in pixels fed to the model at once."""
     overlap: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
+    """Pixels shared by neighbouring tiles, smaller than ``tile_size``; each tile keeps its core,
+    half the overlap in. ``auto``: the model's own (twice its measured reach, or a zoo model's
+    ``tiles_overlap``); tiles too small for it grow to twice it."""
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> TilingSettings:
@@ -99,17 +125,36 @@ class CRFSettings(_Section):
     """
 
     enabled: bool = True
+    """Refine each tile with the fully connected CRF."""
     refiner: Literal["pydensecrf", "torch"] = "pydensecrf"
+    """Implementation: ``pydensecrf`` (C++, in a pool of ``execution.crf_processes`` processes) or
+    ``torch`` (the same CRF in PyTorch, on the CPU or CUDA, in the calling process)."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """``torch`` refiner only: ``auto`` (a CUDA device when there is one, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``; independent of ``model.device``."""
     iterations: int = Field(10, ge=1, le=100)
+    """Mean-field iterations."""
     w1: float = Field(4.0, ge=0, allow_inf_nan=False)
+    """Bilateral (appearance) kernel weight; finite, 0 switches the kernel off."""
     theta_alpha: float = Field(67.0, gt=0, allow_inf_nan=False)
+    """Bilateral kernel's spatial width, in pixels (67 px = 33.5 m at 0.5 m) or metres with
+    ``spatial_units: metres``; finite."""
     theta_beta: float = Field(3.0, gt=0, allow_inf_nan=False)
+    """Bilateral kernel's colour width, in 8-bit colour units; finite."""
     w2: float = Field(3.0, ge=0, allow_inf_nan=False)
+    """Gaussian (smoothness) kernel weight; finite, 0 switches the kernel off."""
     theta_gamma: float = Field(1.0, gt=0, allow_inf_nan=False)
+    """Gaussian kernel's spatial width, in pixels or metres with ``spatial_units: metres``; finite.
+    """
     spatial_units: Literal["pixels", "metres"] = "pixels"
+    """Units of ``theta_alpha`` and ``theta_gamma``: ``pixels``, or ``metres`` (divided by the
+    raster's pixel size; projected CRSs)."""
     bands: list[int] | None = Field(None, min_length=1, max_length=3)
+    """1-based bands (up to three) that feed the bilateral kernel's colour, e.g. ``[4, 3, 2]``;
+    default: the first three (a single band is repeated)."""
     stretch: tuple[float, float] = (2.0, 98.0)
+    """Percentiles of the whole raster mapped to 0..255 for the colour kernel when the raster is not
+    8-bit (16-bit, float, multispectral); ``0 <= low < high <= 100``."""
 
     @model_validator(mode="after")
     def _check(self) -> CRFSettings:
@@ -146,14 +191,29 @@ class VectorizeSettings(_Section):
     """
 
     enabled: bool = True
+    """Write polygons: one per connected region of a class, holes kept, in the input's CRS."""
     simplify: float = Field(0.0, ge=0)
+    """Coverage simplification tolerance in map units (0: exact pixel edges); shared edges are
+    simplified once, so no gaps or overlaps appear."""
     min_area: float = Field(0.0, ge=0)
+    """Minimum region area in m²; smaller regions are merged or dropped (``min_area_mode``). 0 keeps
+    all."""
     min_area_mode: Literal["merge", "drop"] = "merge"
+    """``merge``: a small region takes the class of the neighbour it shares the longest edge with;
+    ``drop``: it is left out (a gap)."""
     connectivity: Literal[4, 8] = 8
+    """8: pixels touching at a corner join a region (diagonal neighbours); 4: shared edges only."""
     skip_classes: list[str | int] = Field(default_factory=list)
+    """Class names or ids (>= 0) not vectorized, e.g. ``[water]``."""
     layout: Literal["single", "per_class"] = "single"
+    """``single``: one layer ``landcover``; ``per_class``: one layer per class, named after it
+    (GeoPackage only)."""
     format: Literal["gpkg", "fgb", "geojson", "parquet"] = "gpkg"
+    """Polygon file type and extension: ``gpkg`` (GeoPackage), ``fgb`` (FlatGeobuf), ``geojson``
+    (CRSs with an EPSG code only), ``parquet`` (GeoParquet)."""
     workers: int = Field(2, ge=1, le=64)
+    """Processes, this one included, that label and trace strips of class rasters from 16 Mpx ahead
+    of the joining (1: one process, the least memory)."""
 
     @model_validator(mode="after")
     def _check(self) -> VectorizeSettings:
@@ -177,10 +237,17 @@ class ExecutionSettings(_Section):
     """
 
     workers: int = Field(2, ge=1, le=256)
+    """Local dask threads."""
     crf_processes: int = Field(2, ge=1, le=256)
+    """Processes for the ``pydensecrf`` refiner (it holds the GIL)."""
     gdal_cache_mb: int = Field(128, ge=16, le=65536)
+    """GDAL block cache in MB, bounded so that memory does not grow with the raster (GDAL's own
+    default is 5% of RAM)."""
     in_flight: int | None = Field(None, ge=1, le=4096)
+    """Batches computed or waiting to be written at a time, locally and on a cluster (default: twice
+    the threads that compute batches: ``workers`` locally, all worker threads on a cluster)."""
     http_timeout_s: int = Field(30, ge=1, le=3600)
+    """Seconds allowed for each HTTP request of a remote input (``https://``, STAC)."""
 
 
 class InputSettings(_Section):
@@ -191,6 +258,8 @@ class InputSettings(_Section):
     each request."""
 
     assets: list[str] | None = Field(None, min_length=1)
+    """A STAC Item input's assets that are the model's bands, in order, e.g. ``[B04, B03, B02]``
+    (one multi-band asset gives all its bands)."""
 
 
 class OutputSettings(_Section):
@@ -198,6 +267,8 @@ class OutputSettings(_Section):
     scale 0.01) and the polygons' ``mean_confidence``."""
 
     confidence: bool = True
+    """Write the confidence raster (the chosen class's probability, uint8 percent, scale 0.01) and
+    the polygons' ``mean_confidence``."""
 
 
 class ClusterSettings(_Section):
@@ -209,8 +280,13 @@ class ClusterSettings(_Section):
     """
 
     address: str | None = Field(None, min_length=1)
+    """A running dask scheduler, ``tcp://host:8786`` (or ``--scheduler``); its workers must see the
+    input and checkpoint under the same paths."""
     local_workers: int | None = Field(None, ge=1, le=256)
+    """Start a ``LocalCluster`` of this many worker processes for the run (on CUDA each worker is
+    pinned to one GPU, round robin); not with ``address``."""
     threads_per_worker: int = Field(1, ge=1, le=256)
+    """Threads of each worker process that ``local_workers`` starts."""
 
     @model_validator(mode="before")
     @classmethod
@@ -237,7 +313,11 @@ class BatchSettings(_Section):
     """
 
     parallel: int = Field(1, ge=1, le=64)
+    """Inputs processed at once (each still uses the execution settings; on a 2-core machine 1 is
+    fastest, on a cluster more keep its workers busy)."""
     merge: bool = False
+    """Also write ``merged.gpkg`` with every input's polygons and a ``source`` field, in the first
+    input's CRS."""
 
 
 def is_url(value: Any) -> bool:
@@ -250,18 +330,34 @@ class PipelineConfig(_Section):
     ``input`` is a path, or a URL kept as a string."""
 
     input: Path | str
+    """Raster to segment (any GDAL raster with a CRS), a folder (its ``.tif``, ``.tiff``, ``.jp2``,
+    ``.img`` and ``.vrt`` files), a glob, a ``.txt`` list of paths, a STAC Item (``.json``) or an
+    ``https://`` URL. Relative paths resolve against the YAML file's folder."""
     output_dir: Path
+    """Where outputs go; created if missing. Outputs appear only when the run succeeds; in a batch
+    each input writes into a folder of its own below it."""
     model: ModelSettings = ModelSettings()
+    """Which model to run and where."""
     tta: TTASettings = TTASettings()
+    """Test-time augmentation: input scales and flips."""
     tiling: TilingSettings = TilingSettings()
+    """How the raster is cut into overlapping windows."""
     crf: CRFSettings = CRFSettings()
+    """The fully connected CRF that refines each tile."""
     vectorize: VectorizeSettings = VectorizeSettings()
+    """Polygon output."""
     execution: ExecutionSettings = ExecutionSettings()
+    """Threads, processes, in-flight batches and caches."""
     cluster: ClusterSettings = ClusterSettings()
+    """A dask.distributed cluster to run on; neither key: local threads."""
     batch: BatchSettings = BatchSettings()
+    """Batches: when ``input`` is a folder, glob or ``.txt`` list."""
     outputs: OutputSettings = OutputSettings()
+    """Optional outputs."""
     quicklook: bool = True
+    """Write ``<stem>_quicklook.png``: the input beside the coloured classes, with a legend."""
     stac: InputSettings = InputSettings()
+    """How a STAC Item input is read."""
 
     @model_validator(mode="before")
     @classmethod
@@ -432,9 +528,14 @@ class SyntheticDataSettings(_Section):
     """
 
     kind: Literal["synthetic"] = "synthetic"
+    """Generated land-cover scenes (``deeplab-geo sample``); the default kind."""
     train_seeds: list[int] = Field(min_length=1)
+    """Seeds of the training scenes; they must differ from ``val_seeds`` (and should not include 0,
+    the demo's held-out scene)."""
     val_seeds: list[int] = Field(default_factory=list)
+    """Seeds of the validation scenes."""
     size: int = Field(1024, ge=64, le=8192)
+    """Side of each generated scene, in pixels."""
 
     @model_validator(mode="after")
     def _disjoint(self) -> SyntheticDataSettings:
@@ -453,9 +554,15 @@ class VOCDataSettings(_Section):
     """
 
     kind: Literal["voc"]
+    """PASCAL VOC 2012 in its standard layout."""
     root: Path
+    """The ``VOC2012`` folder (``JPEGImages``, ``SegmentationClass``, ``ImageSets/Segmentation``).
+    """
     train_split: Literal["train", "train_aug", "trainval"] = "train_aug"
+    """Training list; ``train_aug`` is the SBD-augmented list (10,582 images, labels in
+    ``SegmentationClassAug/``)."""
     val_split: Literal["val", "train", "trainval"] = "val"
+    """Validation list."""
 
 
 class CityscapesDataSettings(_Section):
@@ -463,9 +570,13 @@ class CityscapesDataSettings(_Section):
     ``gtFine/<split>/<city>/*_gtFine_labelIds.png``, mapped to the 19 train ids (others 255)."""
 
     kind: Literal["cityscapes"]
+    """Cityscapes in its standard layout (gtFine, mapped to the 19 train ids)."""
     root: Path
+    """The folder holding ``leftImg8bit/`` and ``gtFine/``."""
     train_split: Literal["train", "val", "test"] = "train"
+    """Training split."""
     val_split: Literal["train", "val", "test"] = "val"
+    """Validation split."""
 
 
 class ChipsDataSettings(_Section):
@@ -490,20 +601,39 @@ class ChipsDataSettings(_Section):
     """
 
     kind: Literal["chips"]
+    """Chips cut from a georeferenced raster and its labels."""
     raster: Path
+    """The image raster."""
     labels: Path
+    """A class raster on the raster's grid (nodata and 255 ignored) or a vector file (GeoPackage,
+    GeoJSON, ...) rasterized on the fly in the raster's CRS."""
     class_field: str = "class_id"
+    """Vector labels' field holding each polygon's class id (or class name, matched against
+    ``classes``)."""
     layer: str | None = None
+    """Vector labels' layer (default: the first)."""
     classes: list[str] | None = Field(None, min_length=1, max_length=255)
+    """Class names, in class-id order."""
     class_values: list[Annotated[int, Field(ge=0, le=254)]] | None = None
+    """Label value of each class, in ``classes`` order (``[1, 2, 3]`` for labels coded from 1; other
+    values are not labelled); default: the class id."""
     region: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)],
                   Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None
+    """``[col_off, row_off, width, height]`` in pixels: training and validation use only this part
+    of the raster, so the rest stays unseen for a hold-out score."""
     chip_size: int = Field(256, ge=8, le=8192)
+    """Side of each chip, in pixels."""
     stride: int | None = Field(None, ge=1)
+    """Distance between chips within a block (default: ``chip_size``)."""
     block_size: int = Field(1024, ge=8)
+    """Side of the square blocks the raster is cut into, at least ``chip_size``; a block is wholly
+    training or wholly validation area."""
     val_fraction: float = Field(0.2, ge=0, lt=1)
+    """Share of the blocks that are the validation area."""
     split_seed: int = 0
+    """Seed that draws the validation blocks."""
     min_labelled: float = Field(0.5, ge=0, le=1)
+    """Chips with a smaller share of labelled pixels are skipped."""
 
     @model_validator(mode="after")
     def _sizes(self) -> ChipsDataSettings:
@@ -535,9 +665,16 @@ class ModelSpec(_Section):
     """
 
     architecture: str | None = None
+    """Architecture to train (``deeplab_geo.models.available()``); default: ``init``'s."""
     output_stride: Literal[8, 16] | None = None
+    """8 or 16: the backbone's dilation and the atrous rates; default: the architecture's or
+    ``init``'s."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """Builder options, e.g. ``{pooling_window: 256}`` (default: ``init``'s)."""
     init: str | None = None
+    """Initial weights: a checkpoint to fine-tune (``builtin:landcover-demo``, a ``.safetensors``
+    with its ``.json``) or a bare state dict (``.safetensors``, ``.pt``/``.pth``, e.g. ImageNet
+    ResNet weights); tensors that do not fit stay freshly initialised."""
 
 
 class OptimSettings(_Section):
@@ -561,31 +698,61 @@ class OptimSettings(_Section):
     """
 
     steps: int = Field(20000, ge=1)
+    """Optimisation steps."""
     batch_size: int = Field(10, ge=1)
+    """Crops per step."""
     crop_size: int = Field(321, ge=16)
+    """Side of the random training crops, in pixels."""
     optimizer: Literal["sgd", "adamw"] = "sgd"
+    """``sgd`` (with ``momentum``) or ``adamw``."""
     lr: float = Field(2.5e-4, gt=0)
+    """Base learning rate, decayed by the poly schedule."""
     momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum."""
     weight_decay: float = Field(5e-4, ge=0)
+    """Weight decay."""
     poly_power: float = Field(0.9, ge=0)
+    """Power of the poly learning-rate schedule."""
     head_lr_multiplier: float = Field(1.0, gt=0)
+    """Learning-rate factor of the head (``classifier``); 10 in the released DeepLab recipe."""
     aux_loss_weight: float = Field(0.5, ge=0)
+    """Weight of the auxiliary head's loss (models built with ``aux_loss``)."""
     scale_range: tuple[float, float] = (0.5, 1.5)
+    """Random scale range of the training crops, ``0 < low <= high``."""
     augment: Literal["auto", "hflip", "dihedral"] = "auto"
+    """``dihedral``: flips and 90-degree rotations; ``hflip``: the paper's horizontal flip;
+    ``auto``: ``dihedral`` for synthetic scenes and chips, ``hflip`` for VOC and Cityscapes."""
     freeze_bn: bool = False
+    """Keep batch-norm layers in eval mode with frozen affine parameters."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """``auto`` (a CUDA device when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool = True
+    """Mixed precision on CUDA (bf16, else fp16 with a gradient scaler); no effect on the CPU."""
     workers: int = Field(2, ge=0, le=64)
+    """Threads that prepare the next batch while the current one trains (0: in the training thread).
+    """
     seed: int = 0
+    """Seed of the initialisation and of each step's crops."""
     threads: int | None = Field(None, ge=1)
+    """torch's intra-op threads (default: torch's choice)."""
     log_every: int = Field(50, ge=1)
+    """Steps between log lines."""
     checkpoint_every: int | None = Field(None, ge=1)
+    """Write a resumable checkpoint every this many steps."""
     checkpoint_dir: Path | None = None
+    """Where checkpoints go (default: ``<output stem>.checkpoints`` beside ``output``)."""
     keep_checkpoints: int = Field(3, ge=1)
+    """How many of the newest checkpoints are kept."""
     resume: bool = False
+    """Continue from the newest checkpoint (``--resume``)."""
     trim_taps: bool = False
+    """After training, zero the convolution taps further than half a crop from their kernel's centre
+    (large-rate ASPP taps that mostly saw padding)."""
     class_weights: Literal["none", "inverse", "sqrt_inverse"] | list[
         Annotated[float, Field(ge=0, allow_inf_nan=False)]] = "none"
+    """Cross-entropy weight per class: ``none``, ``inverse`` or ``sqrt_inverse`` frequency among the
+    training labels (the average labelled pixel weighs 1, capped at 50), or one finite weight >=
+    0 per class."""
 
     @model_validator(mode="after")
     def _scales(self) -> OptimSettings:
@@ -603,12 +770,19 @@ class DatasetEvalSettings(_Section):
     """
 
     split: Literal["train", "val"] = "val"
+    """The split scored."""
     checkpoint: str | None = None
+    """Checkpoint scored (default: the training config's ``output``)."""
     backend: str = "auto"
+    """Inference backend, as ``model.backend`` in a pipeline."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     tta: TTASettings = TTASettings()
+    """Test-time augmentation, as in a pipeline."""
     crf: CRFSettings = CRFSettings(enabled=False)
+    """The dense CRF, as in a pipeline but off unless enabled (``--crf`` overrides)."""
     limit: int | None = Field(None, ge=1)
+    """Score only the split's first images (quick checks)."""
 
 
 class TrainConfig(_Section):
@@ -616,10 +790,16 @@ class TrainConfig(_Section):
     ``deeplab-geo evaluate dataset`` scores it."""
 
     data: DataSettings
+    """Training data; ``kind`` picks ``synthetic`` (the default), ``voc``, ``cityscapes`` or
+    ``chips``."""
     model: ModelSpec = ModelSpec()
+    """Architecture to train and its initial weights."""
     train: OptimSettings = OptimSettings()
+    """Optimisation, augmentation and checkpoints."""
     evaluate: DatasetEvalSettings = DatasetEvalSettings()
+    """How ``deeplab-geo evaluate dataset`` scores the result."""
     output: Path
+    """The checkpoint written: ``<name>.safetensors`` with ``<name>.json`` beside it."""
 
     @model_validator(mode="before")
     @classmethod
@@ -636,6 +816,7 @@ class DatasetEvalConfig(TrainConfig):
     left out when ``evaluate.checkpoint`` names the model."""
 
     output: Path | None = None  # type: ignore[assignment]
+    """The trained checkpoint; may be left out when ``evaluate.checkpoint`` names the model."""
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -50,8 +50,10 @@ FORMATS = ("gpkg", "fgb", "geojson", "parquet")
 def command(rasters: tuple[str, ...], output_dir: Path, checkpoint: str, device: str,
             tile_size: int | None, crf: bool, polygons: bool, polygon_format: str,
             overrides: tuple[str, ...], force: bool, progress_style: str, quiet: bool) -> None:
-    """Segment RASTER... (files, folders, globs, STAC Items or URLs) with the built-in
-    defaults and write class and confidence COGs, polygons, a quicklook and run.json.
+    """Segment rasters with the built-in defaults, no YAML needed.
+
+    RASTER may be files, folders, globs, STAC Items or URLs; each gets class and confidence
+    COGs, polygons, a quicklook and run.json.
 
     The pipeline used is printed first, as YAML: save it to rerun with `deeplab-geo run`.
     """
