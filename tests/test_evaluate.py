@@ -141,8 +141,15 @@ def test_evaluate_dataset_cli_with_options_only(tmp_path, voc_checkpoint):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "s.json").read_text())
     assert [r["name"] for r in report] == ["without CRF", "with CRF"]
-    assert set(report[0]["iou"]) == set(VOC_CLASSES) and 0 <= report[0]["miou"] <= 1
-    assert np.array(report[0]["confusion_matrix"]).sum() == 39 * 48  # one image, top row void
+    assert set(report[0]["iou"]) == set(VOC_CLASSES)
+    matrix = np.array(report[0]["confusion_matrix"])
+    assert matrix.sum() == 39 * 48  # one image, top row void
+    hits = np.diag(matrix[:, :-1])  # rows: labels; columns: predictions, then "no prediction"
+    union = matrix[:, :-1].sum(0) + matrix.sum(1) - hits
+    iou = hits[union > 0] / union[union > 0]  # classes neither labelled nor predicted: no IoU
+    assert report[0]["miou"] == pytest.approx(iou.mean(), abs=1e-6)
+    assert [report[0]["iou"][c] for c, u in zip(VOC_CLASSES, union) if u > 0] == \
+        pytest.approx(list(iou), abs=1e-6)
     assert "boundary_f_2px" in report[0]
 
 

@@ -76,7 +76,10 @@ def test_plain_state_dict_pt_loads(tmp_path):
     path = tmp_path / "m.pt"
     torch.save(net.state_dict(), path)
     path.with_suffix(".json").write_text(json.dumps({"format": "deeplab-geo/1", **info().__dict__}))
-    load_checkpoint(path)
+    loaded, loaded_info = load_checkpoint(path)
+    assert loaded_info.architecture == info().architecture
+    for name, value in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
 
 
 def test_missing_metadata_and_unknown_builtin(tmp_path):
