@@ -7,7 +7,7 @@ through the ``deeplab_geo`` entry-point group, exactly like the built-in torch b
     [project.entry-points.deeplab_geo]
     mybackend = "my_package.backend"
 
-A backend is any object with:
+A backend is any object with (typed as :class:`Backend`):
 
 * ``name`` (str): the value users put in ``model.backend``;
 * ``description`` (str): one line shown by ``deeplab-geo backends``;
@@ -16,7 +16,7 @@ A backend is any object with:
   by ``model.backend: auto`` on each device type (``"cpu"``, ``"cuda"``); the highest wins, and a
   backend without an entry for the device is never picked automatically.
 
-A predictor is any object with:
+A predictor is any object with (typed as :class:`Predictor`):
 
 * ``info`` (:class:`deeplab_geo.models.checkpoint.ModelInfo`): classes, colours, bands;
 * ``predict(tiles) -> probabilities``: ``tiles`` is a float32 array ``(B, bands, H, W)`` of raw
@@ -26,7 +26,38 @@ A predictor is any object with:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
 import pluggy
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from deeplab_geo.models.checkpoint import ModelInfo
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """A loaded model (see the module docstring)."""
+
+    info: ModelInfo
+
+    def predict(self, tiles: np.ndarray) -> np.ndarray:
+        """``(B, bands, H, W)`` float32 raw pixels to ``(B, classes, H, W)`` probabilities."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A way to run models (see the module docstring); ``auto_priority`` is optional."""
+
+    name: str
+    description: str
+
+    def load(self, checkpoint: str, *, device: str = "auto") -> Predictor:
+        """Load a model once per process and return its predictor."""
+        ...
+
 
 hookspec = pluggy.HookspecMarker("deeplab_geo")
 hookimpl = pluggy.HookimplMarker("deeplab_geo")

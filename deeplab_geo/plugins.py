@@ -12,6 +12,7 @@ import pluggy
 from deeplab_geo import hookspecs
 from deeplab_geo.devices import cuda_device_count
 from deeplab_geo.errors import BackendError
+from deeplab_geo.hookspecs import Backend, Predictor
 
 ENTRY_POINT_GROUP = "deeplab_geo"
 
@@ -39,7 +40,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
 class RegisteredBackend:
     """A backend and the plugin that provided it."""
 
-    backend: Any
+    backend: Backend
     plugin: str
     source: str
 
@@ -54,6 +55,10 @@ def registered_backends(pm: pluggy.PluginManager | None = None) -> dict[str, Reg
         dist = dists.get(id(impl.plugin))
         source = f"{dist.project_name} {dist.version}" if dist else "built-in"
         for backend in impl.function() or []:
+            if not isinstance(backend, Backend):
+                raise BackendError(
+                    f"plugin {plugin_name} registers {backend!r}, which is not a backend: it "
+                    "needs name, description and load() (see deeplab_geo.hookspecs.Backend)")
             if backend.name in found:
                 raise BackendError(
                     f"backend '{backend.name}' is registered by both "
@@ -93,7 +98,7 @@ def choose_backend(name: str, device: str, pm: pluggy.PluginManager | None = Non
     return ranked[0][1]
 
 
-def get_backend(name: str, pm: pluggy.PluginManager | None = None) -> Any:
+def get_backend(name: str, pm: pluggy.PluginManager | None = None) -> Backend:
     """The backend registered as ``name``.
 
     Raises:
@@ -109,7 +114,7 @@ def get_backend(name: str, pm: pluggy.PluginManager | None = None) -> Any:
 
 def load_model(backend: str, checkpoint: str, device: str,
                metadata: dict[str, Any] | None = None, pm: pluggy.PluginManager | None = None
-               ) -> Any:
+               ) -> Predictor:
     """``get_backend(backend).load(checkpoint, device=device)``, passing ``metadata`` (the
     pipeline's ``model.metadata``) to backends that take it.
 

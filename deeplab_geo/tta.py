@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from deeplab_geo.config import TTASettings
+from deeplab_geo.hookspecs import Predictor
 
 
-def predict(predictor: Any, tiles: np.ndarray, settings: TTASettings) -> np.ndarray:
+def predict(predictor: Predictor, tiles: np.ndarray, settings: TTASettings) -> np.ndarray:
     """Class probabilities ``(B, C, H, W)`` for raw tiles ``(B, bands, H, W)`` with TTA."""
     if settings.scales == [1.0] and not settings.flip:
         return predictor.predict(tiles)

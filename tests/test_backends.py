@@ -58,6 +58,9 @@ class _Fake:
         if auto_priority is not None:
             self.auto_priority = auto_priority
 
+    def load(self, checkpoint, *, device="auto"):
+        raise AssertionError("these tests only choose backends")
+
 
 def _plugin(*backends):
     class Plugin:
@@ -206,3 +209,20 @@ def test_tta_default_is_a_plain_prediction():
     predictor = SizeAware(full=40)
     out = tta.predict(predictor, tiles(3, (1, 3, 40, 40)), TTASettings())
     assert len(predictor.calls) == 1 and np.allclose(out[:, 1], 0.9)
+
+
+def test_an_object_that_is_not_a_backend_is_refused_with_the_contract():
+    from deeplab_geo.errors import BackendError
+    from deeplab_geo.plugins import get_plugin_manager, registered_backends
+
+    class NotABackend:
+        name = "broken"
+
+    pm = get_plugin_manager()
+    plugin = _plugin(NotABackend())
+    pm.register(plugin, name="broken-plugin")
+    try:
+        with pytest.raises(BackendError, match="broken-plugin.*needs name, description and load"):
+            registered_backends(pm)
+    finally:
+        pm.unregister(plugin)
