@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from deeplab_geo.errors import ConfigError
 
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+"""Where something runs: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False,
@@ -44,7 +47,7 @@ class ModelSettings(_Section):
     """Inference backend: ``auto`` picks the fastest installed for the device (ONNX Runtime on the
     CPU when ``deeplab-geo-onnx`` is installed, torch on CUDA), or a backend's name (``torch``,
     ``onnx``, ...; ``deeplab-geo backends`` lists them)."""
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: Device = "auto"
     """Where the model runs: ``auto`` (a CUDA device when there is one, else the CPU), ``cpu``,
     ``cuda`` or ``cuda:N``."""
     batch_size: int = Field(4, ge=1, le=1024)
@@ -129,7 +132,7 @@ class CRFSettings(_Section):
     refiner: Literal["pydensecrf", "torch"] = "pydensecrf"
     """Implementation: ``pydensecrf`` (C++, in a pool of ``execution.crf_processes`` processes) or
     ``torch`` (the same CRF in PyTorch, on the CPU or CUDA, in the calling process)."""
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: Device = "auto"
     """``torch`` refiner only: ``auto`` (a CUDA device when there is one, else the CPU), ``cpu``,
     ``cuda`` or ``cuda:N``; independent of ``model.device``."""
     iterations: int = Field(10, ge=1, le=100)
@@ -724,7 +727,7 @@ class OptimSettings(_Section):
     ``auto``: ``dihedral`` for synthetic scenes and chips, ``hflip`` for VOC and Cityscapes."""
     freeze_bn: bool = False
     """Keep batch-norm layers in eval mode with frozen affine parameters."""
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: Device = "auto"
     """``auto`` (a CUDA device when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool = True
     """Mixed precision on CUDA (bf16, else fp16 with a gradient scaler); no effect on the CPU."""
@@ -775,7 +778,7 @@ class DatasetEvalSettings(_Section):
     """Checkpoint scored (default: the training config's ``output``)."""
     backend: str = "auto"
     """Inference backend, as ``model.backend`` in a pipeline."""
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: Device = "auto"
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     tta: TTASettings = TTASettings()
     """Test-time augmentation, as in a pipeline."""
