@@ -34,18 +34,23 @@ SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "f
 
 @dataclass(frozen=True)
 class Grid:
-    """The georeferencing of a raster held in memory or in a dask array: what the geometry
-    helpers here read from a dataset (``crs``, ``transform``, ``res``, ``width``, ``height``),
-    so that arrays and files take the same paths."""
+    """A raster's pixel grid and what the geometry helpers here read from a dataset (``crs``,
+    ``transform``, ``res``, ``width``, ``height``, band count and type), so that arrays held in
+    memory or in dask, files, and labels read on a raster's grid take the same paths."""
 
-    name: str
-    crs: CRS | None
-    transform: Affine
     width: int
     height: int
+    transform: Affine
+    crs: CRS | None
+    name: str = "raster"
     count: int = 1
     dtype: str = "float32"
     nodata: float | None = None
+
+    @classmethod
+    def of(cls, ds: rasterio.DatasetReader) -> Grid:
+        return cls(ds.width, ds.height, ds.transform, ds.crs, Path(ds.name).name, ds.count,
+                   ds.dtypes[0], ds.nodata)
 
     @property
     def res(self) -> tuple[float, float]:

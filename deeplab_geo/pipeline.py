@@ -214,11 +214,9 @@ def _predict_all(config: PipelineConfig, plan: WindowPlan, grid: list[tiling.Til
                  deliver: Callable[[Strip], None],
                  crf: tuple[CRFSettings, crf_module.ColourMapping] | None,
                  progress: ProgressFactory | None) -> None:
-    jobs = [
-        TileJob(str(config.input), batch, window_settings(config, plan, crf),
-                sources.gdal_options(config))
-        for batch in tiling.batches(grid, plan.batch_size)
-    ]
+    settings, gdal = window_settings(config, plan, crf), sources.gdal_options(config)
+    jobs = [TileJob(str(config.input), batch, settings, gdal)
+            for batch in tiling.batches(grid, plan.batch_size)]
     bar = progress(len(grid)) if progress else None
 
     def hand_on(job: TileJob, cores: list[TileCore]) -> int:

@@ -101,13 +101,10 @@ def segment(image: xr.DataArray, checkpoint: str | None = None, *,
     info = predictor.info
     io.check_raster(grid, bands=info.in_channels)
     plan = plan_windows(config, info, grid)
-    settings = window_settings(config, plan, None)
     refine = crf_settings(config, plan, grid)
-    colours: Any = None
+    settings = window_settings(config, plan, None if refine is None else (refine, None))
     data = image.data if isinstance(image.data, da.Array) else da.from_array(image.data)
-    if refine is not None:
-        settings = replace(settings, crf=refine)
-        colours = _colours(data, grid, refine)
+    colours = None if refine is None else _colours(data, grid, refine)  # set per block
     rows = tiling.axis_spans(grid.height, plan.tile, plan.overlap, plan.align)
     cols = tiling.axis_spans(grid.width, plan.tile, plan.overlap, plan.align)
     groups = tiling.batched(list(range(len(cols))), plan.batch_size)
@@ -185,9 +182,9 @@ def _grid(image: xr.DataArray) -> io.Grid:
     nodata = image.rio.nodata
     if nodata is None:
         nodata = image.rio.encoded_nodata
-    return io.Grid(name=str(image.name or "array"), crs=crs,
-                   transform=image.rio.transform(recalc=True),
-                   width=image.shape[2], height=image.shape[1], count=image.shape[0],
+    return io.Grid(width=image.shape[2], height=image.shape[1],
+                   transform=image.rio.transform(recalc=True), crs=crs,
+                   name=str(image.name or "array"), count=image.shape[0],
                    dtype=str(image.dtype), nodata=None if nodata is None else float(nodata))
 
 

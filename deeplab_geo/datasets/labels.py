@@ -18,7 +18,6 @@ other values are not labelled. A vector field of class *names* (text) is matched
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,23 +30,10 @@ from rasterio.windows import transform as window_transform
 
 from deeplab_geo import io
 from deeplab_geo.errors import InputError
+from deeplab_geo.io import Grid  # the grid labels are read on
 from deeplab_geo.metrics import IGNORE_INDEX
 
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The pixel grid labels are read on."""
-
-    width: int
-    height: int
-    transform: rasterio.Affine
-    crs: CRS | None
-
-    @classmethod
-    def of(cls, ds: rasterio.DatasetReader) -> Grid:
-        return cls(ds.width, ds.height, ds.transform, ds.crs)
 
 
 class LabelSource(Protocol):
