@@ -1,14 +1,13 @@
 """Dense CRF: throughput per refiner and the paper's claim (CRF improves mIoU and boundaries).
 
     python benchmarks/crf.py [--checkpoint builtin:landcover-demo] [--size 2048] [--seed 0]
-                             [--processes 2] [--pickled] [--repeat 1]
+                             [--processes 2] [--repeat 1]
 
 The held-out demo scene (seed 0) is cut into the pipeline's tiles (512 px, overlap 64), the
 network's probabilities are computed once, then each refiner processes the same tiles:
 
 * pydensecrf in this process, then in a pool of ``--processes`` workers (started before the
-  clock runs, as a long pipeline run amortises it); ``--pickled`` adds a row with the arrays
-  pickled through pipes instead of shared memory;
+  clock runs, as a long pipeline run amortises it; arrays are pickled to them and back);
 * the torch refiner on the CPU (``torch.get_num_threads()`` threads; its Gaussian lattice is
   built once, inside the timing), and on CUDA when there is a device.
 
@@ -25,12 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from deeplab_geo import crf, crf_torch
-from deeplab_geo.config import CRFSettings
+from deeplab_geo import crf
+from deeplab_geo.crf import lattice
 from deeplab_geo.metrics import boundary_counts, boundary_f_score, confusion_matrix, scores
 from deeplab_geo.plugins import get_backend
 from deeplab_geo.sample import synthesize_scene
@@ -64,8 +64,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--pickled", action="store_true",
-                        help="also time the pool with arrays pickled through pipes")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; the best time counts")
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -80,34 +78,25 @@ def main() -> None:
     n_classes = probs[0].shape[0]
     pairs = [(p, crf.colour_features(t)) for p, t in zip(probs, tiles)]
     megapixels = sum(t.shape[1] * t.shape[2] for t in tiles) / 1e6
-    settings = CRFSettings()
+    settings = crf.CRFParams()
 
     runs = [("pydensecrf, 1 process", settings, 1)]
     crf.start_pool(args.processes)
     runs.append((f"pydensecrf, {args.processes} processes", settings, args.processes))
-    if args.pickled:
-        runs.append((f"pydensecrf, {args.processes} processes, pickled", settings,
-                     args.processes))
     runs.append((f"torch, CPU ({torch.get_num_threads()} threads)",
-                 settings.model_copy(update={"refiner": "torch", "device": "cpu"}), 1))
+                 replace(settings, refiner="torch", device="cpu"), 1))
     if torch.cuda.is_available():
         runs.append((f"torch, {torch.cuda.get_device_name()}",
-                     settings.model_copy(update={"refiner": "torch", "device": "cuda"}), 1))
+                     replace(settings, refiner="torch", device="cuda"), 1))
 
     best: dict[str, float] = {}
     labels_of: dict[str, np.ndarray] = {}
     for _ in range(args.repeat):
         for name, run_settings, processes in runs:
-            crf_torch._grid_lattice.cache_clear()
+            lattice._grid_lattice.cache_clear()
             if run_settings.device == "cuda":
                 timed(pairs[:1], run_settings, 1)  # CUDA context and kernels, not timed
-            shared_dir = crf._SHARED_DIR
-            if name.endswith("pickled"):
-                crf._SHARED_DIR = shared_dir / "missing"  # no shared files: arrays are pickled
-            try:
-                refined, seconds = timed(pairs, run_settings, processes)
-            finally:
-                crf._SHARED_DIR = shared_dir
+            refined, seconds = timed(pairs, run_settings, processes)
             best[name] = min(seconds, best.get(name, seconds))
             labels_of[name] = stitch(grid, refined, args.size)
     rows = [("none (network only)", None, *quality(stitch(grid, probs, args.size), labels,

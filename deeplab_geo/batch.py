@@ -50,6 +50,7 @@ import deeplab_geo
 from deeplab_geo.checkpoints import metadata_path, resolve
 from deeplab_geo.config import PipelineConfig
 from deeplab_geo.errors import DeepLabGeoError, InputError, OutputError
+from deeplab_geo.files import atomic_path, write_atomic
 from deeplab_geo.io import STAGING_PREFIX, writing
 
 log = logging.getLogger(__name__)
@@ -214,12 +215,7 @@ class Manifest:
         with self._lock, writing(root):
             self.entries[str(item.path)] = entry
             data = {"format": _MANIFEST_FORMAT, "inputs": self.entries}
-            tmp = self.path.with_name(f".{MANIFEST}.tmp")
-            try:
-                tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-                os.replace(tmp, self.path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(self.path, json.dumps(data, indent=2) + "\n", fixed=True)
 
 
 @contextmanager
@@ -335,10 +331,8 @@ def merge_polygons(output_dir: Path, manifest: Manifest, items: list[BatchItem])
     if not sources:
         return None
     final = output_dir / MERGED
-    tmp = output_dir / f".{MERGED}.tmp.gpkg"
-    tmp.unlink(missing_ok=True)
     crs = None
-    try:
+    with atomic_path(final, fixed=True) as tmp:
         for item, path in sources:
             for layer, _ in pyogrio.list_layers(path):
                 frame = pyogrio.read_dataframe(path, layer=layer)
@@ -350,7 +344,4 @@ def merge_polygons(output_dir: Path, manifest: Manifest, items: list[BatchItem])
                 frame["source"] = item.source
                 pyogrio.write_dataframe(frame, tmp, layer="polygons", driver="GPKG",
                                         append=tmp.exists(), SPATIAL_INDEX="YES")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return final

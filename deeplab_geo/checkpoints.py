@@ -16,11 +16,14 @@ checkpoint shipped inside the package (``deeplab_geo/weights``). Loading and sav
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deeplab_geo.errors import CheckpointError
+from deeplab_geo.files import write_atomic
 
 FORMAT = "deeplab-geo/1"
 BUILTIN_DIR = Path(__file__).resolve().parent / "weights"
@@ -84,16 +87,19 @@ class ModelInfo:
             raise CheckpointError(f"resolution must be a positive number of metres per pixel, "
                                   f"got {self.resolution}")
 
-    def build(self) -> Any:
-        """A freshly initialised model (a ``torch.nn.Module``) of this architecture."""
-        from deeplab_geo import models
+    def input_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-band mean and std, float32 ``(1, bands, 1, 1)``, in the units of raw pixels:
+        a backend feeds the network ``(tiles - mean) / std``.
 
-        try:
-            return models.build(self.architecture, num_classes=self.num_classes,
-                                in_channels=self.in_channels, output_stride=self.output_stride,
-                                **self.options)
-        except ValueError as exc:
-            raise CheckpointError(f"checkpoint metadata: {exc}") from None
+        This is the one place the ``normalization`` record is read; backend plugins use it
+        (as torch tensors: ``torch.from_numpy(mean)``) rather than parse the record.
+        """
+        norm = self.normalization
+        scale = float(norm.get("scale", 1.0))
+        shape = (1, self.in_channels, 1, 1)
+        mean = np.asarray(norm["mean"], np.float32).reshape(shape) * np.float32(scale)
+        std = np.asarray(norm["std"], np.float32).reshape(shape) * np.float32(scale)
+        return mean, std
 
 
 def resolve(checkpoint: str | Path) -> Path:
@@ -111,7 +117,17 @@ def resolve(checkpoint: str | Path) -> Path:
 
 
 def metadata_path(weights: Path) -> Path:
+    """The JSON sidecar of a weights (or ONNX) file."""
     return weights.with_suffix(".json")
+
+
+def write_metadata(weights: Path, info: ModelInfo) -> Path:
+    """Write the JSON sidecar of ``weights`` (after the weights: a sidecar names a complete
+    file); returns its path."""
+    meta = {"format": FORMAT, **asdict(info)}
+    path = metadata_path(weights)
+    write_atomic(path, json.dumps(meta, indent=2) + "\n")
+    return path
 
 
 def read_info(checkpoint: str | Path) -> ModelInfo:

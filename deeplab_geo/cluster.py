@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from deeplab_geo.config import ClusterSettings
+from deeplab_geo.devices import cuda_device_count
 from deeplab_geo.errors import ClusterError
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,7 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, device: str = "cp
 
     gpus = 0
     if device.startswith("cuda") or device == "auto":
-        import torch
-
-        gpus = torch.cuda.device_count()
+        gpus = cuda_device_count()
     workers = {
         f"worker-{i}": {"cls": Nanny, "options": {"nthreads": threads_per_worker, "env": env}}
         for i, env in enumerate(gpu_worker_env(n_workers, gpus))

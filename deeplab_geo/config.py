@@ -11,12 +11,15 @@ with a one-line message naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deeplab_geo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deeplab_geo.crf.features import CRFParams
 
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
 """Where something runs: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
@@ -118,7 +121,7 @@ class CRFSettings(_Section):
     stretched linearly between the ``stretch`` percentiles of the whole raster.
 
     ``refiner`` picks the implementation: ``pydensecrf`` (C++, one tile per process, in a pool
-    of ``execution.crf_processes``) or ``torch`` (:mod:`deeplab_geo.crf_torch`, the same lattice
+    of ``execution.crf_processes``) or ``torch`` (:mod:`deeplab_geo.crf.lattice`, the same lattice
     approximation in PyTorch, in the calling process). ``device`` is where the torch refiner
     runs: ``auto`` (a CUDA device when there is one, else the CPU), ``cpu``, ``cuda`` or
     ``cuda:N``; it is independent of ``model.device`` and only valid with ``refiner: torch``.
@@ -172,13 +175,26 @@ class CRFSettings(_Section):
                              f"crf.refiner: torch or leave crf.device out")
         return self
 
-    def in_pixels(self, pixel_size_m: float) -> CRFSettings:
-        """These settings with spatial widths in pixels (converted from metres if needed)."""
-        if self.spatial_units == "pixels":
-            return self
-        return self.model_copy(update={"theta_alpha": self.theta_alpha / pixel_size_m,
-                                       "theta_gamma": self.theta_gamma / pixel_size_m,
-                                       "spatial_units": "pixels"})
+    def params(self, pixel_size_m: float | None = None) -> CRFParams:
+        """The plain numbers the refiners take, spatial widths in pixels: widths in metres are
+        divided by ``pixel_size_m``, which they need.
+
+        Raises:
+            ConfigError: widths in metres and no pixel size.
+        """
+        from deeplab_geo.crf.features import CRFParams
+
+        scale = 1.0
+        if self.spatial_units == "metres":
+            if not pixel_size_m:
+                raise ConfigError("crf.spatial_units: metres needs a raster with a pixel size in "
+                                  "metres; give the widths in pixels (spatial_units: pixels)")
+            scale = 1.0 / pixel_size_m
+        device = self.device
+        if self.refiner == "pydensecrf":
+            device = "cpu"
+        return CRFParams(self.w1, self.theta_alpha * scale, self.theta_beta, self.w2,
+                         self.theta_gamma * scale, self.iterations, self.refiner, device)
 
 
 class VectorizeSettings(_Section):
@@ -189,8 +205,8 @@ class VectorizeSettings(_Section):
     longest edge with (``min_area_mode: merge``) or left out (``drop``). ``connectivity`` 8 joins
     pixels that touch at a corner, 4 only those sharing an edge. ``skip_classes`` lists class
     names or ids not to vectorize; ``layout`` writes one layer or one per class (GeoPackage);
-    ``format`` picks the file type and extension. ``workers`` threads label and trace strips
-    of the class raster ahead of the joining (1: one strip at a time, the least memory).
+    ``format`` picks the file type and extension. ``workers`` processes label and trace strips
+    of the class raster ahead of the joining (1: this process alone, the least memory).
     """
 
     enabled: bool = True
@@ -215,8 +231,9 @@ class VectorizeSettings(_Section):
     """Polygon file type and extension: ``gpkg`` (GeoPackage), ``fgb`` (FlatGeobuf), ``geojson``
     (CRSs with an EPSG code only), ``parquet`` (GeoParquet)."""
     workers: int = Field(2, ge=1, le=64)
-    """Processes, this one included, that label and trace strips of class rasters from 16 Mpx ahead
-    of the joining (1: one process, the least memory)."""
+    """Processes that label and trace strips of class rasters from 16 Mpx ahead of the joining: 1 is
+    this process alone (the least memory); from 2, that many helper processes while this one
+    joins."""
 
     @model_validator(mode="after")
     def _check(self) -> VectorizeSettings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from typing import Any
 
 
 @functools.cache
@@ -27,3 +28,33 @@ def cuda_device_count() -> int:
     except AttributeError:
         return 0
     return count.value
+
+
+def resolve_device(device: str, setting: str = "model.device") -> str:
+    """The device a ``device`` setting names, as torch spells it: ``auto`` is ``cuda`` when
+    the driver reports a device, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` stay as they
+    are once the device is known to exist.
+
+    Every ``device`` setting of the package (``model.device``, ``crf.device``,
+    ``train.device``, ``evaluate.device``) goes through here; ``setting`` names it in errors.
+
+    Raises:
+        ConfigError: CUDA is asked for and there is no such device.
+    """
+    from deeplab_geo.errors import ConfigError
+
+    count = cuda_device_count()
+    if device == "auto":
+        return "cuda" if count else "cpu"
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and (int(index) if index else 0) >= count:
+        raise ConfigError(f"{setting} {device}: no such CUDA device ({count} available); "
+                          f"use {setting}: cpu or auto")
+    return device
+
+
+def torch_device(device: str, setting: str = "model.device") -> Any:
+    """:func:`resolve_device` as a ``torch.device`` (imports torch)."""
+    import torch
+
+    return torch.device(resolve_device(device, setting))

@@ -17,11 +17,13 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from deeplab_geo import crf as crf_module
 from deeplab_geo import io, tta
 from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
 from deeplab_geo.datasets import SegmentationDataset
 from deeplab_geo.datasets.labels import Grid, open_labels
 from deeplab_geo.errors import InputError
+from deeplab_geo.hookspecs import Predictor
 from deeplab_geo.metrics import (
     IGNORE_INDEX,
     Scores,
@@ -158,14 +160,14 @@ def evaluate_pipeline(config: PipelineConfig, labels: Path,
     return results
 
 
-def evaluate_dataset(predictor: Any, dataset: SegmentationDataset, num_classes: int, *,
+def evaluate_dataset(predictor: Predictor, dataset: SegmentationDataset, num_classes: int, *,
                      tta: TTASettings | None = None, crf: CRFSettings | None = None,
                      crf_modes: tuple[bool, ...] = (False,), limit: int | None = None,
                      progress: Callable[[int], Any] | None = None) -> list[Evaluation]:
     """Score a predictor on a dataset split, one whole image at a time.
 
     Args:
-        predictor: any backend predictor (``predict(tiles) -> probabilities``).
+        predictor: any backend's predictor (``predict(tiles) -> probabilities``).
         dataset: the split (:mod:`deeplab_geo.datasets`).
         num_classes: classes scored.
         tta: multi-scale and flip inference (:func:`deeplab_geo.tta.predict`).
@@ -179,10 +181,9 @@ def evaluate_dataset(predictor: Any, dataset: SegmentationDataset, num_classes: 
         One :class:`Evaluation` per entry of ``crf_modes``, each from one confusion matrix
         accumulated over all images.
     """
-    from deeplab_geo import crf as crf_module
-
     if any(crf_modes) and crf is None:
         raise ValueError("crf settings are needed to evaluate with the CRF")
+    params = crf.params() if crf is not None else None
     count = len(dataset) if limit is None else min(limit, len(dataset))
     matrices = {mode: np.zeros((num_classes, num_classes + 1), np.int64) for mode in crf_modes}
     edges = {mode: np.zeros(4, np.int64) for mode in crf_modes}
@@ -192,7 +193,7 @@ def evaluate_dataset(predictor: Any, dataset: SegmentationDataset, num_classes: 
             image, target = dataset[index]
             probs = tta_predict(predictor, image, tta)
             for mode in crf_modes:
-                refined = crf_module.refine(probs, crf_module.colour_features(image), crf) \
+                refined = crf_module.refine(probs, crf_module.colour_features(image), params) \
                     if mode else probs
                 pred = refined.argmax(0).astype(np.uint8)
                 matrices[mode] += confusion_matrix(pred, target, num_classes)
@@ -207,6 +208,9 @@ def evaluate_dataset(predictor: Any, dataset: SegmentationDataset, num_classes: 
             for mode in crf_modes]
 
 
-def tta_predict(predictor: Any, image: np.ndarray, settings: TTASettings | None) -> np.ndarray:
+def tta_predict(predictor: Predictor, image: np.ndarray, settings: TTASettings | None
+                ) -> np.ndarray:
     """Class probabilities ``(C, H, W)`` of one image ``(bands, H, W)``."""
-    return tta.predict(predictor, image[None], settings or TTASettings())[0]
+    settings = settings or TTASettings()
+    return tta.predict(predictor, image[None], settings.scales, settings.flip,
+                       settings.fusion)[0]

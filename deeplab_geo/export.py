@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import io as _io
-import json
 import os
-from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import deeplab_geo
-from deeplab_geo.checkpoints import FORMAT, ModelInfo, metadata_path, read_info, resolve
+from deeplab_geo.checkpoints import ModelInfo, metadata_path, read_info, resolve, write_metadata
 from deeplab_geo.errors import OutputError
+from deeplab_geo.files import write_atomic
 
 DEFAULT_OPSET = 17
 
@@ -57,11 +56,9 @@ def _deployable(model, info: ModelInfo):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
-            norm = info.normalization
-            scale = float(norm.get("scale", 1.0))
-            shape = (1, info.in_channels, 1, 1)
-            self.register_buffer("mean", torch.tensor(norm["mean"]).view(shape) * scale)
-            self.register_buffer("std", torch.tensor(norm["std"]).view(shape) * scale)
+            mean, std = info.input_statistics()
+            self.register_buffer("mean", torch.from_numpy(mean))
+            self.register_buffer("std", torch.from_numpy(std))
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.model((pixels - self.mean) / self.std)["out"], dim=1)
@@ -76,11 +73,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT
         raise OutputError(f"{out}: the exported file name must end in .onnx")
     data, info = export_onnx_bytes(checkpoint, opset=opset)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
-    meta = {"format": FORMAT, **asdict(info)}
-    metadata_path(out).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_atomic(out, data)
+    write_metadata(out, info)
     return out
 
 
@@ -105,13 +99,10 @@ def cached_onnx(checkpoint: str | Path) -> tuple[str | bytes, ModelInfo]:
     if path.is_file():
         return str(path), info
     data, info = export_onnx_bytes(checkpoint)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError:
-        tmp.unlink(missing_ok=True)
         return data, info
     return str(path), info
 

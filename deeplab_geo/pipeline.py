@@ -41,7 +41,7 @@ import deeplab_geo
 from deeplab_geo import cluster as cluster_module
 from deeplab_geo import crf as crf_module
 from deeplab_geo import io, sources, stac, tiling
-from deeplab_geo.config import CRFSettings, PipelineConfig
+from deeplab_geo.config import PipelineConfig
 from deeplab_geo.errors import InputError
 from deeplab_geo.plugins import choose_backend, load_model
 from deeplab_geo.processes import trim_heap
@@ -58,7 +58,7 @@ from deeplab_geo.vectorize import SUFFIXES, vectorize, vectorize_strips
 from deeplab_geo.windows import (
     TileJob,
     WindowPlan,
-    crf_settings,
+    crf_params,
     plan_windows,
     process_batch,
     window_settings,
@@ -121,8 +121,8 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None,
         plan = plan_windows(config, info, ds)
         grid = plan.grid(ds.height, ds.width)
         crf = None
-        if (settings := crf_settings(config, plan, ds)) is not None:
-            crf = (settings, crf_module.colour_mapping(ds, settings))
+        if (params := crf_params(config, plan, ds)) is not None:
+            crf = (params, crf_module.colour_mapping(ds, config.crf.bands, config.crf.stretch))
     timings["load"] = time.perf_counter() - started
     names = output_names(config.input, config.vectorize.format)
     if not config.outputs.confidence:
@@ -212,7 +212,7 @@ def in_flight(config: PipelineConfig, threads: int) -> int:
 def _predict_all(config: PipelineConfig, plan: WindowPlan, grid: list[tiling.Tile],
                  assembler: StripAssembler,
                  deliver: Callable[[Strip], None],
-                 crf: tuple[CRFSettings, crf_module.ColourMapping] | None,
+                 crf: tuple[crf_module.CRFParams, crf_module.ColourMapping] | None,
                  progress: ProgressFactory | None) -> None:
     settings, gdal = window_settings(config, plan, crf), sources.gdal_options(config)
     jobs = [TileJob(str(config.input), batch, settings, gdal)

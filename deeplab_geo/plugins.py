@@ -72,9 +72,8 @@ AUTO = "auto"
 
 def device_type(device: str) -> str:
     """``"cuda"`` or ``"cpu"`` for a ``model.device`` value (``auto``: CUDA when usable)."""
-    if device == "auto":
-        return "cuda" if cuda_device_count() > 0 else "cpu"
-    return device.split(":", 1)[0]
+    return ("cuda" if cuda_device_count() > 0 else "cpu") if device == AUTO \
+        else device.split(":", 1)[0]
 
 
 def choose_backend(name: str, device: str, pm: pluggy.PluginManager | None = None) -> str:

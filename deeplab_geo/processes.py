@@ -3,7 +3,9 @@
 ``spawn`` (not ``fork``) is safe next to threaded libraries (torch, ONNX Runtime, GDAL, dask's
 thread pool): a forked child inherits locks that other threads may hold.
 
-Every pool of the package is a :class:`WorkerPool` and follows one recovery policy. A worker
+This is the only module of the package that starts processes (dask.distributed starts its
+own workers). Every pool of the package is a :class:`WorkerPool` and follows one recovery
+policy. A worker
 that dies (the out-of-memory killer, ``kill -9``) breaks its pool; the work it had is retried
 once in a new pool, and if it is lost again the caller gets one
 :class:`~deeplab_geo.errors.WorkerError`. Either way the next use of the pool starts a new one,
@@ -17,7 +19,7 @@ import multiprocessing
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -52,6 +54,9 @@ def _start(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -
 
 
 _START_TIMEOUT_S = 120
+_LOST_TWICE = ("a helper process died twice on the same work (killed, often by the "
+               "out-of-memory killer); free memory, or use fewer processes "
+               "(execution.crf_processes, vectorize.workers) or smaller tiles")
 
 
 def _start_together(initializer: Callable[[], None] | None, ready: Any) -> None:
@@ -95,32 +100,53 @@ class WorkerPool:
                 self._executor = None
         _stop(executor)
 
-    def run(self, submit: Callable[[ProcessPoolExecutor, int], Future], count: int,
-            collect: Callable[[int, Future], Any] | None = None) -> list[Any]:
-        """Tasks ``0..count-1``, submitted in order by ``submit(executor, index)``; their
-        results (``collect(index, future)``, by default the future's result) in order.
+    def map(self, function: Callable[..., Any], arguments: Sequence[tuple[Any, ...]]
+            ) -> list[Any]:
+        """``[function(*args) for args in arguments]``, every task submitted at once.
 
         Raises:
-            WorkerError: a worker died, and again in a new pool with the tasks not yet done.
+            WorkerError: see :meth:`imap`.
         """
-        collect = collect or (lambda _, future: future.result())
-        results: dict[int, Any] = {}
-        for attempt in range(2):
-            executor = self.executor()
-            try:
-                futures = {i: submit(executor, i) for i in range(count) if i not in results}
-                for index, future in futures.items():
-                    results[index] = collect(index, future)
-                return [results[i] for i in range(count)]
-            except BrokenProcessPool:
-                self.discard(executor)
-                if attempt:
-                    raise WorkerError(
-                        "a helper process died twice on the same work (killed, often by the "
-                        "out-of-memory killer); free memory, or use fewer processes "
-                        "(execution.crf_processes, vectorize.workers) or smaller tiles"
-                    ) from None
-        raise AssertionError("unreachable")
+        return list(self.imap(function, arguments, ahead=len(arguments)))
+
+    def imap(self, function: Callable[..., Any], arguments: Sequence[tuple[Any, ...]], *,
+             ahead: int | Callable[[], int] = 2) -> Iterator[Any]:
+        """``function(*args)`` for each of ``arguments``, in order, computed by the workers.
+
+        At most ``ahead`` tasks beyond the one being waited for are submitted (a callable is
+        asked again before each submission, so a caller can hold fewer results in memory once
+        it sees they are large). Arguments and results are pickled.
+
+        Raises:
+            WorkerError: a worker died, and again in a new pool with the same task.
+        """
+        pending: dict[int, Future] = {}
+        retried: set[int] = set()
+        executor = self.executor()
+        cursor = 0
+        try:
+            for index in range(len(arguments)):
+                while True:
+                    limit = ahead() if callable(ahead) else ahead
+                    try:
+                        while cursor < len(arguments) and cursor - index <= limit:
+                            pending[cursor] = executor.submit(function, *arguments[cursor])
+                            cursor += 1
+                        result = pending[index].result()
+                        break
+                    except BrokenProcessPool:
+                        if index in retried:
+                            raise WorkerError(_LOST_TWICE) from None
+                        retried.update(pending)
+                        self.discard(executor)
+                        executor = self.executor()
+                        cursor = index
+                        pending.clear()
+                del pending[index]
+                yield result
+        finally:
+            for future in pending.values():
+                future.cancel()
 
     def _start(self) -> ProcessPoolExecutor:
         if not self._warm:
@@ -164,6 +190,25 @@ def worker_pool(processes: int, initializer: Callable[[], None] | None = None, *
         if key not in _POOLS:
             _POOLS[key] = WorkerPool(processes, initializer, warm=warm)
         return _POOLS[key]
+
+
+def shutdown() -> None:
+    """Stop every pool of this process (tests and benchmarks call it between cases; the next
+    use starts a new pool)."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        with pool._lock:
+            executor, pool._executor = pool._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def may_start_processes() -> bool:
+    """Whether this process may start helper processes: a daemonic one (a dask or
+    multiprocessing worker) may not."""
+    return not multiprocessing.current_process().daemon
 
 
 def trim_heap() -> bool:

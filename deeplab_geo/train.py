@@ -38,13 +38,16 @@ from deeplab_geo import models
 from deeplab_geo.config import OptimSettings, TrainConfig, TTASettings
 from deeplab_geo.datasets import SegmentationDataset, build
 from deeplab_geo.datasets.voc import voc_palette
+from deeplab_geo.devices import torch_device
 from deeplab_geo.errors import CheckpointError, ConfigError, DatasetError
 from deeplab_geo.metrics import IGNORE_INDEX
 from deeplab_geo.models.checkpoint import (
     ModelInfo,
+    build_model,
     load_checkpoint,
     metadata_path,
     read_info,
+    read_state_dict,
     resolve,
     save_checkpoint,
 )
@@ -283,19 +286,10 @@ def load_init(init: str) -> tuple[dict[str, torch.Tensor], ModelInfo | None]:
         return model.state_dict(), info
     if not weights.is_file():
         raise CheckpointError(f"{weights}: model.init not found; check the path")
-    if weights.suffix == ".safetensors":
-        return load_file(str(weights)), None
-    if weights.suffix in (".pt", ".pth"):
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means unusable
-            raise CheckpointError(f"{weights}: refused or unreadable state dict "
-                                  f"({type(exc).__name__}); save a plain state dict") from None
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{weights}: not a state dict")
-        return state, None
-    raise CheckpointError(f"{weights}: unknown weights format; use .safetensors or .pt")
+    state = read_state_dict(weights)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{weights}: not a state dict")
+    return state, None
 
 
 def apply_init(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
@@ -382,11 +376,9 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
 
 def _train(config: TrainConfig, log: Callable[[str], None],
            progress: Callable[[int], Any] | None) -> TrainResult:
-    from deeplab_geo.backends.torch_backend import resolve_device
-
     opt = config.train
     started = time.perf_counter()
-    device = resolve_device(opt.device)
+    device = torch_device(opt.device, "train.device")
     torch.manual_seed(opt.seed)
     train_set = build(config.data, "train")
     log(f"training on {train_set.name}")
@@ -409,7 +401,7 @@ def _train(config: TrainConfig, log: Callable[[str], None],
         describe_labels(counts, info.classes, weights, log)
     if getattr(train_set, "note", ""):
         log(train_set.note)
-    model = info.build()
+    model = build_model(info)
     if init_state:
         loaded, fresh = apply_init(model, init_state)
         log(f"initialised {loaded} tensors from {config.model.init}; {len(fresh)} left fresh")
@@ -426,10 +418,7 @@ def _train(config: TrainConfig, log: Callable[[str], None],
         log(f"resumed from {resume_from} at step {start}")
     augment = opt.augment if opt.augment != "auto" else (
         "dihedral" if config.data.kind in ("synthetic", "chips") else "hflip")
-    norm = info.normalization
-    scale = float(norm.get("scale", 1.0))
-    mean = torch.tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1) * scale
-    std = torch.tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1) * scale
+    mean, std = (torch.from_numpy(a) for a in info.input_statistics())
     sampler = CropSampler(train_set, opt.crop_size, opt.scale_range, augment,
                           fill=mean.flatten().tolist())
     mean, std = mean.to(device), std.to(device)

@@ -10,36 +10,40 @@ averaged before fusion. The fused map is renormalised to sum to 1 over classes.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 
-from deeplab_geo.config import TTASettings
 from deeplab_geo.hookspecs import Predictor
 
 
-def predict(predictor: Predictor, tiles: np.ndarray, settings: TTASettings) -> np.ndarray:
-    """Class probabilities ``(B, C, H, W)`` for raw tiles ``(B, bands, H, W)`` with TTA."""
-    if settings.scales == [1.0] and not settings.flip:
+def predict(predictor: Predictor, tiles: np.ndarray, scales: Sequence[float] = (1.0,),
+            flip: bool = False, fusion: Literal["max", "mean"] = "max") -> np.ndarray:
+    """Class probabilities ``(B, C, H, W)`` for raw tiles ``(B, bands, H, W)`` with TTA:
+    ``predictor`` at each of ``scales`` (non-empty), also mirrored with ``flip``, fused by
+    ``fusion``."""
+    if list(scales) == [1.0] and not flip:
         return predictor.predict(tiles)
     import torch  # only augmented predictions need it (a run on ONNX Runtime may have none)
 
     size = tiles.shape[-2:]
     fused = None
-    for scale in settings.scales:
+    for scale in scales:
         scaled = _resize(torch.from_numpy(np.asarray(tiles, np.float32)), scale=scale)
         probs = torch.from_numpy(predictor.predict(scaled.numpy()))
-        if settings.flip:
+        if flip:
             flipped = predictor.predict(np.ascontiguousarray(scaled.flip(-1).numpy()))
             probs = (probs + torch.from_numpy(flipped).flip(-1)) / 2
         probs = _resize(probs, size=size)
         if fused is None:
             fused = probs
-        elif settings.fusion == "max":
+        elif fusion == "max":
             fused = torch.maximum(fused, probs)
         else:
             fused = fused + probs
-    assert fused is not None  # scales is validated non-empty
+    if fused is None:
+        raise ValueError("scales must not be empty")
     fused = fused / fused.sum(1, keepdim=True).clamp_min(1e-12)
     return fused.numpy()
 

@@ -27,7 +27,7 @@ import rasterio
 from deeplab_geo import crf as crf_module
 from deeplab_geo import io, resample, tiling, tta
 from deeplab_geo.checkpoints import ModelInfo
-from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
+from deeplab_geo.config import PipelineConfig, TTASettings
 from deeplab_geo.errors import ConfigError
 from deeplab_geo.plugins import load_model
 from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, TileCore, confidence_percent
@@ -186,7 +186,7 @@ class WindowSettings:
     checkpoint: str
     device: str
     tta: TTASettings
-    crf: CRFSettings | None
+    crf: crf_module.CRFParams | None
     plan: WindowPlan
     colours: crf_module.ColourMapping | None = None
     crf_processes: int = 1
@@ -204,20 +204,19 @@ class TileJob:
     gdal: dict[str, Any] = field(default_factory=dict)  # options to read the raster with
 
 
-def crf_settings(config: PipelineConfig, plan: WindowPlan, ds: Any) -> CRFSettings | None:
-    """The pipeline's CRF settings in model pixels (the CRF works at the model's resolution),
+def crf_params(config: PipelineConfig, plan: WindowPlan, ds: Any) -> crf_module.CRFParams | None:
+    """The pipeline's CRF parameters in model pixels (the CRF works at the model's resolution),
     or ``None`` with the CRF off. ``ds`` is a raster (or :class:`deeplab_geo.io.Grid`)."""
     if not config.crf.enabled:
         return None
-    settings = config.crf
-    if settings.spatial_units == "metres":
-        settings = settings.in_pixels(plan.model_m or io.pixel_size_m(ds))
-    return settings
+    metres = config.crf.spatial_units == "metres"
+    return config.crf.params(plan.model_m or io.pixel_size_m(ds) if metres else None)
 
 
 def window_settings(config: PipelineConfig, plan: WindowPlan,
-                    crf: tuple[CRFSettings, crf_module.ColourMapping] | None) -> WindowSettings:
-    """The :class:`WindowSettings` of a pipeline (``crf``: settings in pixels and colours)."""
+                    crf: tuple[crf_module.CRFParams, crf_module.ColourMapping | None] | None
+                    ) -> WindowSettings:
+    """The :class:`WindowSettings` of a pipeline (``crf``: parameters in pixels and colours)."""
     settings, colours = crf if crf is not None else (None, None)
     return WindowSettings(config.model.backend, str(config.model.checkpoint),
                           config.model.device, config.tta, settings, plan, colours,
@@ -268,7 +267,8 @@ def process_windows(settings: WindowSettings, tiles: list[tiling.Tile], reads: l
     images = {i: _to_model(plan, io.blank_nodata(*reads[i])) for i in todo}
     batch = _pad_to(np.stack([images[i] for i in todo]), plan.align)
     with _FORWARD_LOCK:
-        out = tta.predict(predictor, batch, settings.tta)
+        out = tta.predict(predictor, batch, settings.tta.scales, settings.tta.flip,
+                          settings.tta.fusion)
     height, width = images[todo[0]].shape[-2:]
     probs = dict(zip(todo, out[..., :height, :width]))
     del batch, out

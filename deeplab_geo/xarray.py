@@ -53,7 +53,7 @@ from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, CONFIDENCE_SCALE
 from deeplab_geo.windows import (
     WindowSettings,
     array_window,
-    crf_settings,
+    crf_params,
     plan_windows,
     process_windows,
     window_settings,
@@ -101,10 +101,11 @@ def segment(image: xr.DataArray, checkpoint: str | None = None, *,
     info = predictor.info
     io.check_raster(grid, bands=info.in_channels)
     plan = plan_windows(config, info, grid)
-    refine = crf_settings(config, plan, grid)
+    refine = crf_params(config, plan, grid)
     settings = window_settings(config, plan, None if refine is None else (refine, None))
     data = image.data if isinstance(image.data, da.Array) else da.from_array(image.data)
-    colours = None if refine is None else _colours(data, grid, refine)  # set per block
+    colours = None if refine is None else _colours(data, grid, config.crf.bands,
+                                                   config.crf.stretch)  # set per block
     rows = tiling.axis_spans(grid.height, plan.tile, plan.overlap, plan.align)
     cols = tiling.axis_spans(grid.width, plan.tile, plan.overlap, plan.align)
     groups = tiling.batched(list(range(len(cols))), plan.batch_size)
@@ -193,26 +194,27 @@ def _depth(spans: list[tuple[tiling.Span, tiling.Span]]) -> int:
     return max(max(core.start - tile.start, tile.stop - core.stop) for tile, core in spans)
 
 
-def _colours(data: da.Array, grid: io.Grid, settings: Any) -> Any:
+def _colours(data: da.Array, grid: io.Grid, bands: list[int] | None,
+             stretch: tuple[float, float]) -> Any:
     """The CRF's colour mapping: known now for 8-bit data, else a delayed stretch measured on
     every n-th pixel (at most 1024 px on the longer side), so every block is stretched the
     same way."""
-    bands = crf_module.colour_bands(grid.count, settings)
+    chosen = crf_module.colour_bands(grid.count, bands)
     if grid.dtype == "uint8":
-        return crf_module.ColourMapping(bands)
+        return crf_module.ColourMapping(chosen)
     step = max(1, math.ceil(max(grid.height, grid.width) / _STRETCH_SAMPLE))
-    sample = data[list(bands), step // 2::step, step // 2::step]
-    return dask.delayed(_stretch)(sample, bands, grid.nodata, settings)
+    sample = data[list(chosen), step // 2::step, step // 2::step]
+    return dask.delayed(_stretch)(sample, chosen, grid.nodata, stretch)
 
 
 def _stretch(sample: np.ndarray, bands: tuple[int, int, int], nodata: float | None,
-             settings: Any) -> crf_module.ColourMapping:
+             stretch: tuple[float, float]) -> crf_module.ColourMapping:
     invalid = np.zeros(sample.shape, bool)
     if sample.dtype.kind == "f":
         invalid |= np.isnan(sample)
     if nodata is not None and not math.isnan(nodata):
         invalid |= sample == sample.dtype.type(nodata)
-    return crf_module.stretched(bands, np.ma.masked_array(sample, invalid), settings)
+    return crf_module.stretched(bands, np.ma.masked_array(sample, invalid), stretch)
 
 
 def _segment_block(block: np.ndarray, *, rows: list, cols: list, groups: list[list[int]],

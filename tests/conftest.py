@@ -10,7 +10,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from deeplab_geo.hookspecs import hookimpl
-from deeplab_geo.models.checkpoint import ModelInfo, save_checkpoint
+from deeplab_geo.models.checkpoint import ModelInfo, build_model, save_checkpoint
 from deeplab_geo.plugins import get_plugin_manager
 
 TINY_CLASSES = ["water", "land", "road"]
@@ -78,7 +78,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     info = ModelInfo(architecture="deeplabv3_lite_mobilenet_v3_small", num_classes=3,
                      classes=TINY_CLASSES, colours=TINY_COLOURS)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    return save_checkpoint(info.build().eval(), info, path)
+    return save_checkpoint(build_model(info).eval(), info, path)
 
 
 @pytest.fixture

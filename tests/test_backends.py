@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 from deeplab_geo import tta
 from deeplab_geo.cli import main
-from deeplab_geo.config import TTASettings
 from deeplab_geo.errors import BackendError
 from deeplab_geo.hookspecs import hookimpl
 from deeplab_geo.plugins import (
@@ -197,17 +196,17 @@ class SizeAware:
 def test_tta_max_fusion_over_scales_and_flip():
     predictor = SizeAware(full=40)
     x = tiles(2, (1, 3, 40, 40))
-    fused = tta.predict(predictor, x, TTASettings(scales=[0.5, 0.75, 1.0], flip=True))
+    fused = tta.predict(predictor, x, scales=[0.5, 0.75, 1.0], flip=True)
     assert [c[-1] for c in predictor.calls] == [20, 20, 30, 30, 40, 40]
     assert fused.shape == (1, 2, 40, 40)
     assert np.allclose(fused, 0.5)  # max(0.9, 0.9) for both classes, renormalised
-    mean = tta.predict(SizeAware(40), x, TTASettings(scales=[0.5, 1.0], fusion="mean"))
+    mean = tta.predict(SizeAware(40), x, scales=[0.5, 1.0], fusion="mean")
     assert np.allclose(mean, 0.5)
 
 
 def test_tta_default_is_a_plain_prediction():
     predictor = SizeAware(full=40)
-    out = tta.predict(predictor, tiles(3, (1, 3, 40, 40)), TTASettings())
+    out = tta.predict(predictor, tiles(3, (1, 3, 40, 40)))
     assert len(predictor.calls) == 1 and np.allclose(out[:, 1], 0.9)
 
 

@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from deeplab_geo.config import CRFSettings
-from deeplab_geo.crf import colour_features, refine
+from deeplab_geo.crf import CRFParams, colour_features, refine
 from deeplab_geo.errors import ConfigError
 from deeplab_geo.hookspecs import hookimpl
 
@@ -22,7 +24,7 @@ def test_crf_snaps_a_blurred_boundary_to_the_image_edge():
     image, probs = blurred_boundary()
     truth = np.arange(96) >= 48
     before = (probs.argmax(0) != truth).sum()
-    refined = refine(probs, image, CRFSettings())
+    refined = refine(probs, image, CRFParams())
     after = (refined.argmax(0) != truth).sum()
     assert before == 24 * 7  # columns 41..47 (column 40 is a tie, resolved to class 0)
     assert after == 0
@@ -31,14 +33,14 @@ def test_crf_snaps_a_blurred_boundary_to_the_image_edge():
 
 def test_without_pairwise_terms_the_crf_keeps_the_unary():
     image, probs = blurred_boundary()
-    refined = refine(probs, image, CRFSettings(w1=0, w2=0))
+    refined = refine(probs, image, CRFParams(w1=0, w2=0))
     assert (refined.argmax(0) == probs.argmax(0)).all()
 
 
 def test_image_shape_must_match():
     image, probs = blurred_boundary()
     with pytest.raises(ValueError, match="image must be uint8"):
-        refine(probs, image[:-1], CRFSettings())
+        refine(probs, image[:-1], CRFParams())
 
 
 def test_colour_features_uint8_rgb_kept():
@@ -61,17 +63,18 @@ def test_refine_many_in_processes_equals_in_process():
 
     image, probs = blurred_boundary()
     items = [(probs, image), (probs[::-1].copy(), image)]
-    serial = refine_many(items, CRFSettings(iterations=3), processes=1)
-    parallel = refine_many(items, CRFSettings(iterations=3), processes=2)
+    serial = refine_many(items, CRFParams(iterations=3), processes=1)
+    parallel = refine_many(items, CRFParams(iterations=3), processes=2)
     assert all(np.allclose(a, b) for a, b in zip(serial, parallel))
 
 
 def test_spatial_widths_in_metres_are_converted_by_pixel_size():
     settings = CRFSettings(theta_alpha=33.5, theta_gamma=0.5, spatial_units="metres")
-    pixels = settings.in_pixels(0.5)
+    pixels = settings.params(0.5)
     assert (pixels.theta_alpha, pixels.theta_gamma) == (67.0, 1.0)
-    assert pixels.spatial_units == "pixels"
-    assert CRFSettings().in_pixels(0.5) == CRFSettings()
+    assert CRFSettings().params(0.5) == CRFSettings().params() == CRFParams()
+    with pytest.raises(ConfigError, match="metres needs a raster with a pixel size"):
+        settings.params()
 
 
 def test_colour_mapping_uses_one_stretch_for_the_whole_raster(tmp_path):
@@ -83,20 +86,20 @@ def test_colour_mapping_uses_one_stretch_for_the_whole_raster(tmp_path):
     data = np.linspace(100, 4100, 4 * 50 * 50).reshape(4, 50, 50).astype(np.uint16)
     path = write_raster(tmp_path / "ms.tif", data)
     with rasterio.open(path) as ds:
-        mapping = colour_mapping(ds, CRFSettings(bands=[4, 3, 2], stretch=(0, 100)))
+        mapping = colour_mapping(ds, [4, 3, 2], (0, 100))
     assert mapping.bands == (3, 2, 1)
     assert mapping.low[0] == pytest.approx(data[3].min(), rel=1e-3)
     features = colour_features(data[:, :10, :10], mapping)  # one tile: the global stretch
     assert features.max() < 60  # a dark corner stays dark, no per-tile stretch
     with rasterio.open(path) as ds:
-        assert colour_mapping(ds, CRFSettings(bands=[2])).bands == (1, 1, 1)
+        assert colour_mapping(ds, [2]).bands == (1, 1, 1)
         with pytest.raises(ConfigError, match="the raster has 4 band"):
-            colour_mapping(ds, CRFSettings(bands=[5]))
+            colour_mapping(ds, [5])
 
 
 # --- refiners, nodata, worker processes, validation --------------------------------------
 
-REFINERS = {"pydensecrf": CRFSettings(), "torch": CRFSettings(refiner="torch", device="cpu")}
+REFINERS = {"pydensecrf": CRFParams(), "torch": CRFParams(refiner="torch", device="cpu")}
 
 
 @pytest.mark.parametrize("refiner", REFINERS)
@@ -110,7 +113,7 @@ def test_each_refiner_snaps_a_blurred_boundary(refiner):
 @pytest.mark.parametrize("refiner", REFINERS)
 def test_each_refiner_keeps_the_unary_without_pairwise_terms(refiner):
     image, probs = blurred_boundary()
-    settings = REFINERS[refiner].model_copy(update={"w1": 0.0, "w2": 0.0})
+    settings = replace(REFINERS[refiner], w1=0.0, w2=0.0)
     refined = refine(probs, image, settings)
     assert np.allclose(refined, probs / probs.sum(0), atol=1e-5)
 
@@ -130,7 +133,7 @@ def nodata_tile(evidence: int):
 
 @pytest.mark.parametrize("refiner", REFINERS)
 def test_nodata_pixels_do_not_influence_their_neighbours(refiner):
-    settings = REFINERS[refiner].model_copy(update={"w2": 10.0, "theta_gamma": 5.0})
+    settings = replace(REFINERS[refiner], w2=10.0, theta_gamma=5.0)
     (probs_a, image, valid), (probs_b, _, _) = nodata_tile(1), nodata_tile(2)
     masked_a = refine(probs_a, image, settings, valid)
     masked_b = refine(probs_b, image, settings, valid)
@@ -154,24 +157,21 @@ def test_all_nodata_tile_keeps_the_network_probabilities():
 def test_valid_mask_shape_must_match():
     probs, image, valid = nodata_tile(1)
     with pytest.raises(ValueError, match="valid must be"):
-        refine(probs, image, CRFSettings(), valid[:, :10])
+        refine(probs, image, CRFParams(), valid[:, :10])
 
 
-def test_refine_many_in_processes_passes_masks_and_equals_in_process(monkeypatch):
-    from deeplab_geo import crf
+def test_refine_many_in_processes_passes_masks_and_equals_in_process():
     from deeplab_geo.crf import refine_many
 
     image, probs = blurred_boundary()
     mask = np.ones(probs.shape[1:], bool)
     mask[:, 60:] = False
     items = [(probs, image), (probs[::-1].copy(), image, mask), (probs, image, mask)]
-    settings = CRFSettings(iterations=3)
+    settings = CRFParams(iterations=3)
     serial = refine_many(items, settings, processes=1)
-    shared = refine_many(items, settings, processes=2)
-    monkeypatch.setattr(crf, "_SHARED_DIR", crf._SHARED_DIR / "missing")
-    pickled = refine_many(items, settings, processes=2)
-    for a, b, c in zip(serial, shared, pickled):
-        assert np.array_equal(a, b) and np.array_equal(a, c)
+    pooled = refine_many(items, settings, processes=2)
+    for a, b in zip(serial, pooled):
+        assert np.array_equal(a, b)
     assert not np.array_equal(serial[0], serial[2])  # the mask reached the workers
 
 
@@ -179,7 +179,7 @@ def test_torch_refiner_ignores_the_process_count():
     from deeplab_geo.crf import refine_many
 
     image, probs = blurred_boundary()
-    settings = REFINERS["torch"].model_copy(update={"iterations": 3})
+    settings = replace(REFINERS["torch"], iterations=3)
     many = refine_many([(probs, image), (probs, image)], settings, processes=2)
     assert all(np.array_equal(m, refine(probs, image, settings)) for m in many)
 
@@ -212,6 +212,7 @@ def test_torch_refiner_settings_validate():
                                 "crf": {"refiner": "torch", "device": "cuda:1"}})
     assert (config.crf.refiner, config.crf.device) == ("torch", "cuda:1")
     assert CRFSettings().refiner == "pydensecrf" and CRFSettings().device == "auto"
+    assert config.crf.params().device == "cuda:1" and CRFSettings().params().device == "cpu"
 
 
 class _BrightestBand:
@@ -297,20 +298,3 @@ def test_pipeline_keeps_nodata_out_of_the_crf(tmp_path, brightest_band, refiner)
     assert (green[:, 40:] == 255).all()
     unmasked = classes(masked_raster(tmp_path / "u.tif", 1, with_mask=False), "u")
     assert (unmasked[:, :40] == 1).any()  # unmasked, the bright columns pull their neighbours
-
-
-def test_shared_files_of_dead_runs_are_removed(tmp_path, monkeypatch):
-    import os
-    import subprocess
-
-    from deeplab_geo import crf
-
-    monkeypatch.setattr(crf, "_SHARED_DIR", tmp_path)
-    finished = subprocess.Popen(["true"])
-    finished.wait()
-    stale = tmp_path / f"deeplab-geo-crf-{finished.pid}-abc"
-    alive = tmp_path / f"deeplab-geo-crf-{os.getpid()}-def"
-    for path in (stale, alive):
-        path.write_bytes(b"x")
-    assert crf.remove_stale_shared_files() == 1
-    assert not stale.exists() and alive.exists()

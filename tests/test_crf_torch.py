@@ -1,15 +1,17 @@
 """The PyTorch refiner: its lattice, and agreement with pydensecrf."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from deeplab_geo import crf_torch
-from deeplab_geo.config import CRFSettings
-from deeplab_geo.crf import kernel_features, position_features, refine
+from deeplab_geo.crf import CRFParams, kernel_features, position_features, refine
+from deeplab_geo.crf import lattice as crf_torch
+from deeplab_geo.devices import torch_device
 from deeplab_geo.errors import ConfigError
 
-TORCH = CRFSettings(refiner="torch", device="cpu")
+TORCH = CRFParams(refiner="torch", device="cpu")
 
 
 def noisy_scene(height=40, width=56, seed=0):
@@ -42,7 +44,7 @@ def test_lattice_filter_approximates_a_gaussian():
 
 def test_torch_refiner_agrees_with_pydensecrf():
     image, probs, _ = noisy_scene()
-    reference = refine(probs, image, CRFSettings())
+    reference = refine(probs, image, CRFParams())
     refined = refine(probs, image, TORCH)
     assert refined.shape == probs.shape and refined.dtype == np.float32
     assert (refined.argmax(0) == reference.argmax(0)).all()
@@ -51,18 +53,18 @@ def test_torch_refiner_agrees_with_pydensecrf():
 
 
 @pytest.mark.parametrize("settings", [
-    CRFSettings(iterations=3, w1=0),
-    CRFSettings(iterations=3, w2=0, theta_alpha=5, theta_beta=10),
+    CRFParams(iterations=3, w1=0),
+    CRFParams(iterations=3, w2=0, theta_alpha=5, theta_beta=10),
 ])
 def test_torch_refiner_agrees_with_pydensecrf_for_each_kernel(settings):
     image, probs, _ = noisy_scene(seed=1)
     reference = refine(probs, image, settings)
-    refined = refine(probs, image, settings.model_copy(update={"refiner": "torch"}))
+    refined = refine(probs, image, replace(settings, refiner="torch"))
     assert np.abs(refined - reference).max() < 1e-4
 
 
 def test_wide_keys_take_the_unpacked_path_with_the_same_result(monkeypatch):
-    features = torch.from_numpy(kernel_features(*noisy_scene()[:1], CRFSettings())[1])
+    features = torch.from_numpy(kernel_features(*noisy_scene()[:1], CRFParams())[1])
     values = torch.rand(features.shape[1], 3, generator=torch.Generator().manual_seed(0))
     packed = crf_torch.PermutohedralLattice(features)
     monkeypatch.setattr(crf_torch, "_PACK_LIMIT", 2)
@@ -94,8 +96,9 @@ def test_missing_cuda_device_is_a_config_error():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(ConfigError, match="crf.device cuda:0: no such CUDA device"):
-        crf_torch.torch_device("cuda:0")
-    assert crf_torch.torch_device("auto") == torch.device("cpu")
+        image, probs, _ = noisy_scene()
+        refine(probs, image, replace(TORCH, device="cuda:0"))
+    assert torch_device("auto") == torch.device("cpu")
 
 
 @pytest.mark.gpu
@@ -107,5 +110,5 @@ def test_cuda_refiner_equals_cpu_refiner():
     valid[:5] = False
     for mask in (None, valid):
         on_cpu = refine(probs, image, TORCH, mask)
-        on_gpu = refine(probs, image, TORCH.model_copy(update={"device": "cuda"}), mask)
+        on_gpu = refine(probs, image, replace(TORCH, device="cuda"), mask)
         assert np.abs(on_cpu - on_gpu).max() < 1e-4

@@ -16,7 +16,7 @@ from deeplab_geo.datasets.voc import CLASSES as VOC_CLASSES
 from deeplab_geo.datasets.voc import voc_palette
 from deeplab_geo.evaluate import evaluate_dataset, evaluate_raster
 from deeplab_geo.metrics import boundary_counts, boundary_f_score, confusion_matrix, scores
-from deeplab_geo.models.checkpoint import ModelInfo, save_checkpoint
+from deeplab_geo.models.checkpoint import ModelInfo, build_model, save_checkpoint
 from tests.conftest import write_raster
 from tests.test_datasets import make_chips_scene, make_voc
 
@@ -127,7 +127,7 @@ def voc_checkpoint(tmp_path_factory):
     info = ModelInfo(architecture="deeplabv3_lite_mobilenet_v3_small", num_classes=21,
                      classes=list(VOC_CLASSES), colours=voc_palette(21))
     path = tmp_path_factory.mktemp("voc") / "m.safetensors"
-    return save_checkpoint(info.build().eval(), info, path)
+    return save_checkpoint(build_model(info).eval(), info, path)
 
 
 def test_evaluate_dataset_cli_with_options_only(tmp_path, voc_checkpoint):

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from deeplab_geo import pipeline as pipeline_module
 from deeplab_geo.cli import main
-from deeplab_geo.config import CRFSettings, validate_pipeline
+from deeplab_geo.config import validate_pipeline
+from deeplab_geo.crf import CRFParams
 from deeplab_geo.errors import WorkerError
 from deeplab_geo.pipeline import run
 from deeplab_geo.processes import worker_pool
@@ -204,15 +205,15 @@ def test_a_pool_whose_worker_was_killed_is_replaced():
     for process in list(first._processes.values()):
         process.kill()
         process.join()
-    assert pool.run(lambda executor, i: executor.submit(int, str(i)), 4) == [0, 1, 2, 3]
+    assert pool.map(int, [(str(i),) for i in range(4)]) == [0, 1, 2, 3]
     assert pool.executor() is not first
 
 
 def test_work_lost_twice_is_one_worker_error_and_the_pool_recovers():
     pool = worker_pool(1)
     with pytest.raises(WorkerError, match="died twice .* out-of-memory killer"):
-        pool.run(lambda executor, i: executor.submit(_die), 1)
-    assert pool.run(lambda executor, i: executor.submit(int, "3"), 1) == [3]
+        pool.map(_die, [()])
+    assert pool.map(int, [("3",)]) == [3]
 
 
 def test_crf_worker_killed_during_refinement_changes_nothing():
@@ -221,18 +222,18 @@ def test_crf_worker_killed_during_refinement_changes_nothing():
 
     image, probs = blurred_boundary(width=384, height=384, edge=192, predicted_edge=170)
     items = [(probs, image), (probs[::-1].copy(), image)] * 4
-    settings = CRFSettings(iterations=10)
+    settings = CRFParams(iterations=10)
     started = time.perf_counter()
     serial = crf.refine_many(items, settings, processes=1)
     seconds = time.perf_counter() - started
-    executor = crf.start_pool(2)
+    executor = crf.start_pool(2).executor()
     victim = next(iter(executor._processes))
     killer = threading.Timer(seconds / 8, os.kill, (victim, signal.SIGKILL))  # mid-run
     killer.start()
     refined = crf.refine_many(items, settings, processes=2)
     killer.join()
     assert all(np.array_equal(a, b) for a, b in zip(serial, refined))
-    assert crf.start_pool(2) is not executor  # replaced
+    assert crf.start_pool(2).executor() is not executor  # replaced
     again = crf.refine_many(items, settings, processes=2)  # and the next call works
     assert all(np.array_equal(a, b) for a, b in zip(serial, again))
 
@@ -247,7 +248,7 @@ class KillCrfWorkerOnFirstBatch:
         if not self.killed:
             from deeplab_geo import crf
 
-            os.kill(next(iter(crf.start_pool(2)._processes)), signal.SIGKILL)
+            os.kill(next(iter(crf.start_pool(2).executor()._processes)), signal.SIGKILL)
             self.killed = True
         self.done += n
 

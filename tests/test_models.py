@@ -6,7 +6,13 @@ import torch
 from deeplab_geo import models
 from deeplab_geo.errors import CheckpointError
 from deeplab_geo.models.backbones import mobilenet_v3_atrous
-from deeplab_geo.models.checkpoint import ModelInfo, load_checkpoint, resolve, save_checkpoint
+from deeplab_geo.models.checkpoint import (
+    ModelInfo,
+    build_model,
+    load_checkpoint,
+    resolve,
+    save_checkpoint,
+)
 
 DEMO = "deeplabv3_lite_mobilenet_v3_small"
 
@@ -41,7 +47,7 @@ def info(**kw):
 
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    net = info().build().eval()
+    net = build_model(info()).eval()
     path = save_checkpoint(net, info(), tmp_path / "m.safetensors")
     loaded, meta = load_checkpoint(path)
     assert meta == info()
@@ -51,7 +57,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_weights_for_another_architecture_are_refused(tmp_path):
-    path = save_checkpoint(info().build(), info(), tmp_path / "m.safetensors")
+    path = save_checkpoint(build_model(info()), info(), tmp_path / "m.safetensors")
     meta = json.loads(path.with_suffix(".json").read_text())
     meta["num_classes"], meta["classes"], meta["colours"] = 3, ["a", "b", "c"], [[0, 0, 0]] * 3
     path.with_suffix(".json").write_text(json.dumps(meta))
@@ -72,7 +78,7 @@ def test_pickled_code_is_refused(tmp_path):
 
 
 def test_plain_state_dict_pt_loads(tmp_path):
-    net = info().build()
+    net = build_model(info())
     path = tmp_path / "m.pt"
     torch.save(net.state_dict(), path)
     path.with_suffix(".json").write_text(json.dumps({"format": "deeplab-geo/1", **info().__dict__}))
@@ -83,7 +89,7 @@ def test_plain_state_dict_pt_loads(tmp_path):
 
 
 def test_missing_metadata_and_unknown_builtin(tmp_path):
-    path = save_checkpoint(info().build(), info(), tmp_path / "m.safetensors")
+    path = save_checkpoint(build_model(info()), info(), tmp_path / "m.safetensors")
     path.with_suffix(".json").unlink()
     with pytest.raises(CheckpointError, match="metadata missing"):
         load_checkpoint(path)

@@ -129,13 +129,13 @@ def test_none_restores_global_pooling_and_the_same_logits():
 def test_windowed_model_exports_to_onnx_with_the_same_probabilities(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from deeplab_geo.export import export_onnx_bytes
-    from deeplab_geo.models.checkpoint import ModelInfo, save_checkpoint
+    from deeplab_geo.models.checkpoint import ModelInfo, build_model, save_checkpoint
     from deeplab_geo.plugins import get_backend
 
     torch.manual_seed(0)
     info = ModelInfo(architecture=DEMO, num_classes=3, classes=["a", "b", "c"],
                      colours=[[0, 0, 0]] * 3, options={"pooling_window": 96})
-    net = info.build().eval()
+    net = build_model(info).eval()
     path = save_checkpoint(net, info, tmp_path / "model.safetensors")
     data, _ = export_onnx_bytes(path)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

@@ -16,21 +16,9 @@ from typing import Any
 import numpy as np
 
 from deeplab_geo.checkpoints import ModelInfo, resolve
+from deeplab_geo.devices import resolve_device
 from deeplab_geo.errors import BackendError
 from deeplab_geo.hookspecs import hookimpl
-
-
-def resolve_device(device: str) -> Any:
-    """The ``torch.device`` for a ``model.device`` value: ``auto`` picks the first CUDA device
-    when one is usable, else the CPU."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendError(f"device '{device}' requested but CUDA is not available; "
-                           "set model.device to cpu or auto")
-    return torch.device(device)
 
 
 class TorchPredictor:
@@ -42,12 +30,8 @@ class TorchPredictor:
         self.info = info
         self.device = device
         self.model = model.to(device, memory_format=torch.channels_last).eval()
-        norm = info.normalization
-        shape = (1, info.in_channels, 1, 1)
-        scale = float(norm.get("scale", 1.0))
-        mean = torch.tensor(norm["mean"], dtype=torch.float32).view(shape) * scale
-        std = torch.tensor(norm["std"], dtype=torch.float32).view(shape) * scale
-        self._mean, self._std = mean.to(device), std.to(device)
+        mean, std = info.input_statistics()
+        self._mean, self._std = torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device)
         if device.type == "cuda":
             self._autocast = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
@@ -82,7 +66,7 @@ class TorchBackend:
     auto_priority = {"cuda": 20, "cpu": 10}
 
     def load(self, checkpoint: str, *, device: str = "auto") -> TorchPredictor:
-        return _load_cached(str(resolve(checkpoint)), str(resolve_device(device)))
+        return _load_cached(str(resolve(checkpoint)), resolve_device(device))
 
 
 @functools.lru_cache(maxsize=4)

@@ -30,7 +30,7 @@ import rasterio
 from rasterio.windows import Window
 
 from deeplab_geo import io
-from deeplab_geo.datasets import Sample, SegmentationDataset, check_sample
+from deeplab_geo.datasets.base import Sample, SegmentationDataset, check_sample
 from deeplab_geo.datasets.labels import Grid, open_labels
 from deeplab_geo.errors import DatasetError, InputError
 from deeplab_geo.metrics import IGNORE_INDEX

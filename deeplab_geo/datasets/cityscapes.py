@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplab_geo.datasets import (
+from deeplab_geo.datasets.base import (
     Sample,
     SegmentationDataset,
     check_sample,

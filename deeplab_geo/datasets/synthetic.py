@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deeplab_geo.datasets import Sample, SegmentationDataset
+from deeplab_geo.datasets.base import Sample, SegmentationDataset
 from deeplab_geo.sample import CLASS_COLOURS, CLASS_NAMES, PIXEL_M, synthesize_scene
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deeplab_geo.datasets import (
+from deeplab_geo.datasets.base import (
     Sample,
     SegmentationDataset,
     check_sample,

@@ -7,8 +7,6 @@ is refused.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,8 +20,10 @@ from deeplab_geo.checkpoints import (  # noqa: F401  (the checkpoint API, in one
     metadata_path,
     read_info,
     resolve,
+    write_metadata,
 )
 from deeplab_geo.errors import CheckpointError
+from deeplab_geo.files import atomic_path
 
 
 def save_checkpoint(model: nn.Module, info: ModelInfo, path: str | Path) -> Path:
@@ -33,12 +33,26 @@ def save_checkpoint(model: nn.Module, info: ModelInfo, path: str | Path) -> Path
         raise CheckpointError(f"{path}: checkpoints are written as .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
-    meta = {"format": FORMAT, **asdict(info)}
-    metadata_path(path).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+    write_metadata(path, info)
     return path
+
+
+def build_model(info: ModelInfo) -> nn.Module:
+    """A freshly initialised model of the architecture ``info`` describes.
+
+    Raises:
+        CheckpointError: the architecture or its options are unknown.
+    """
+    from deeplab_geo import models
+
+    try:
+        return models.build(info.architecture, num_classes=info.num_classes,
+                            in_channels=info.in_channels, output_stride=info.output_stride,
+                            **info.options)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint metadata: {exc}") from None
 
 
 def load_checkpoint(checkpoint: str | Path, map_location: str = "cpu") -> tuple[nn.Module,
@@ -51,8 +65,8 @@ def load_checkpoint(checkpoint: str | Path, map_location: str = "cpu") -> tuple[
     """
     info = read_info(checkpoint)
     weights = resolve(checkpoint)
-    state = _read_state_dict(weights, map_location)
-    model = info.build()
+    state = read_state_dict(weights, map_location)
+    model = build_model(info)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -63,7 +77,14 @@ def load_checkpoint(checkpoint: str | Path, map_location: str = "cpu") -> tuple[
     return model.eval(), info
 
 
-def _read_state_dict(weights: Path, map_location: str) -> dict[str, torch.Tensor]:
+def read_state_dict(weights: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: safetensors, or ``.pt``/``.pth`` read with
+    ``torch.load(weights_only=True)`` (pickled code is refused; a ``state_dict`` entry is
+    unwrapped).
+
+    Raises:
+        CheckpointError: an unsafe, unreadable or unknown file.
+    """
     try:
         if weights.suffix == ".safetensors":
             return load_file(str(weights), device=map_location)

@@ -36,7 +36,7 @@ from deeplab_geo.checkpoints import ModelInfo
 from deeplab_geo.datasets.voc import voc_palette
 from deeplab_geo.errors import CheckpointError
 from deeplab_geo.models import default_output_stride
-from deeplab_geo.models.checkpoint import _read_state_dict, save_checkpoint
+from deeplab_geo.models.checkpoint import build_model, read_state_dict, save_checkpoint
 from deeplab_geo.models.convert import from_kazuto1011
 from deeplab_geo.models.reach import measure_reach
 
@@ -74,7 +74,7 @@ def import_model(weights: str | Path, out: str | Path, *, architecture: str,
     weights = Path(weights)
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights not found; check the path")
-    state = _unwrap(_read_state_dict(weights, "cpu"))
+    state = _unwrap(read_state_dict(weights, "cpu"))
     layout, state = _to_ours(state, architecture, weights)
     options = dict(options or {})
     if layout == "kazuto1011":
@@ -91,7 +91,7 @@ def import_model(weights: str | Path, out: str | Path, *, architecture: str,
         output_stride=output_stride or _checked_stride(architecture),
         normalization=dict(normalization), options=options, resolution=resolution,
         training={"imported_from": weights.name, "layout": layout})
-    model = info.build()
+    model = build_model(info)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

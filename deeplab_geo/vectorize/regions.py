@@ -22,7 +22,7 @@ How it works, for a raster of any size:
    connected-components pass over that small graph; a group stays open while one of its pieces
    reaches the new strip's last row, and is emitted, its pieces unioned, as soon as it does not.
 
-On large rasters, steps 1-2 also run in helper processes, a few strips ahead of steps 3-4, which
+On large rasters, steps 1-2 run in helper processes, a few strips ahead of steps 3-4, which
 take the strips in order. Memory therefore holds a few strips' regions and the regions that
 cross the current strip's lower edge, never the raster.
 Polygons are in map coordinates; pieces are joined in pixel coordinates (see
@@ -32,10 +32,7 @@ Polygons are in map coordinates; pieces are joined in pixel coordinates (see
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +47,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from deeplab_geo.errors import InputError
-from deeplab_geo.processes import worker_pool
+from deeplab_geo.processes import may_start_processes, worker_pool
 from deeplab_geo.stitch import Strip
 from deeplab_geo.tiling import strip_bounds
 from deeplab_geo.vectorize.geometry import (
@@ -158,8 +155,9 @@ def iter_regions(classes: rasterio.DatasetReader, *, connectivity: int = 8,
             summed per region.
         pixel_areas: ground area (m²) of a pixel in each row (default: 1 per pixel).
         strip_rows: rows per strip (default: see :func:`deeplab_geo.tiling.strip_bounds`).
-        workers: processes that label and trace strips, this one included (see
-            :data:`HELPER_MIN_PIXELS`; 1: this process alone, the least memory).
+        workers: processes that label and trace strips: 1 is this process alone (the least
+            memory); from 2, that many helper processes while this one joins (rasters from
+            :data:`HELPER_MIN_PIXELS`).
 
     Raises:
         InputError: the class raster is not of an integer type.
@@ -271,78 +269,25 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
     """The labelled and traced strips, in order.
 
     GDAL's tracing holds the GIL, so threads cannot share it: with ``workers > 1`` and a large
-    raster, ``workers - 1`` helper processes (started once, kept for the process's life) open
-    the rasters themselves and label and trace strips ahead of this process, which computes
-    strips too while they start and whenever the next one is not ready. At most
-    ``_LOOKAHEAD`` strips are held ahead of the one being joined, fewer once strips turn out to
-    hold very many regions (a noisy raster), whose polygons take much memory.
+    raster, ``workers`` helper processes (:mod:`deeplab_geo.processes`: started once, kept for
+    the process's life, replaced if one dies) open the rasters themselves and label and trace
+    strips while this process joins them. At most ``_LOOKAHEAD`` strips are computed ahead of
+    the one being joined, fewer once strips turn out to hold very many regions (a noisy
+    raster), whose polygons take much memory.
     """
-    def here(index: int) -> _Strip:
-        row0, row1 = bounds[index]
-        return _compute_strip(classes, confidence, row0, row1, connectivity, skip,
-                              pixel_areas[row0:row1])
-
-    helpers = workers - 1 if _helpers_apply(classes, confidence, len(bounds), workers) else 0
-    if not helpers:
-        for index in range(len(bounds)):
-            yield here(index)
+    if not _helpers_apply(classes, confidence, len(bounds), workers):
+        for row0, row1 in bounds:
+            yield _compute_strip(classes, confidence, row0, row1, connectivity, skip,
+                                 pixel_areas[row0:row1])
         return
-    helper_pool = worker_pool(helpers)
-    executor = helper_pool.executor()
-    try:
-        started = executor.submit(int)  # done once a helper is up: strips go to it from then on
-    except BrokenProcessPool:  # a helper of an earlier call died: start new ones
-        helper_pool.discard(executor)
-        executor = helper_pool.executor()
-        started = executor.submit(int)
-    pool: ProcessPoolExecutor | None = executor
-
-    def lost(index: int) -> _Strip:
-        """The strip computed here, its helper having died (the next call gets a new pool:
-        see :mod:`deeplab_geo.processes`)."""
-        helper_pool.discard(executor)
-        return here(index)
     paths = (classes.name, confidence.name if confidence is not None else None)
-    pending: dict[int, Future] = {}
-    ready: dict[int, _Strip] = {}
-    cursor = 0  # strips before it are being computed or done
-    lookahead = _LOOKAHEAD
-    try:
-        for index in range(len(bounds)):
-            while index not in ready:
-                future = pending.get(index)
-                if future is not None and future.done():
-                    ready[index] = _received(future, lambda i=index: lost(i))
-                    del pending[index]
-                elif (pool is not None and started.done() and len(pending) <= helpers
-                      and cursor < len(bounds) and cursor - index < lookahead):
-                    row0, row1 = bounds[cursor]
-                    try:
-                        if started.exception() is not None:  # no helper could start
-                            raise BrokenProcessPool(started.exception())
-                        pending[cursor] = pool.submit(_helper_strip, *paths, row0, row1,
-                                                      connectivity, skip,
-                                                      pixel_areas[row0:row1])
-                        cursor += 1
-                    except BrokenProcessPool:  # go on without helpers
-                        helper_pool.discard(executor)
-                        pool = None
-                    continue
-                elif future is None:
-                    ready[index] = here(index)
-                    cursor = index + 1
-                elif cursor < len(bounds) and cursor - index < lookahead:
-                    ready[cursor] = here(cursor)
-                    cursor += 1
-                else:
-                    ready[index] = _received(future, lambda i=index: lost(i))
-                    del pending[index]
-                if any(len(s.label_class) > _DENSE_REGIONS for s in ready.values()):
-                    lookahead = _DENSE_LOOKAHEAD
-            yield ready.pop(index)
-    finally:
-        for future in pending.values():
-            future.cancel()
+    tasks = [(*paths, row0, row1, connectivity, skip, pixel_areas[row0:row1])
+             for row0, row1 in bounds]
+    lookahead = [_LOOKAHEAD]
+    for strip in worker_pool(workers).imap(_helper_strip, tasks, ahead=lambda: lookahead[0]):
+        if len(strip.label_class) > _DENSE_REGIONS:
+            lookahead[0] = _DENSE_LOOKAHEAD
+        yield dataclasses.replace(strip, geometry=shapely.from_wkb(strip.geometry))
 
 
 def _helpers_apply(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader | None,
@@ -351,17 +296,7 @@ def _helpers_apply(classes: rasterio.DatasetReader, confidence: rasterio.Dataset
     daemonic process, such as a dask worker, may not start any)."""
     files = [ds for ds in (classes, confidence) if ds is not None]
     return (workers > 1 and strips > 2 and classes.width * classes.height >= HELPER_MIN_PIXELS
-            and all(Path(ds.name).is_file() for ds in files)
-            and not multiprocessing.current_process().daemon)
-
-
-def _received(future: Future, fallback: Callable[[], _Strip]) -> _Strip:
-    """A helper's strip, or ``fallback()`` if the helper process died."""
-    try:
-        strip = future.result()
-    except BrokenProcessPool:
-        return fallback()
-    return dataclasses.replace(strip, geometry=shapely.from_wkb(strip.geometry))
+            and all(Path(ds.name).is_file() for ds in files) and may_start_processes())
 
 
 def _helper_strip(classes_path: str, confidence_path: str | None, row0: int, row1: int,

@@ -17,10 +17,7 @@ only name a CRS by its EPSG code, is refused for a CRS that has none.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +30,7 @@ import shapely
 from pyproj import CRS
 
 from deeplab_geo.errors import OutputError
+from deeplab_geo.files import atomic_path
 from deeplab_geo.io import user_folder, write_failure_cause
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".geojson": "GeoJSON", ".json": "GeoJSON",
@@ -109,7 +107,7 @@ def write_features(batches: Iterable[FeatureBatch], path: Path, *, schema: pa.Sc
     failure: list[BaseException] = []
     batches = _remember_failure(batches, failure)
     try:
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             if driver == "GeoParquet":
                 return {str(layer): _write_parquet(batches, tmp, schema, crs)}
             if callable(layer):
@@ -134,15 +132,6 @@ def _remember_failure(batches: Iterable[FeatureBatch], failure: list[BaseExcepti
         failure.append(exc)
         raise
 
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_stream(batches: Iterable[FeatureBatch], tmp: Path, driver: str, schema: pa.Schema,

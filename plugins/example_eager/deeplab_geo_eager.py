@@ -18,10 +18,7 @@ from deeplab_geo.models.checkpoint import load_checkpoint
 class EagerPredictor:
     def __init__(self, checkpoint: str) -> None:
         self.model, self.info = load_checkpoint(checkpoint)  # safe formats only
-        norm = self.info.normalization
-        scale = float(norm.get("scale", 1.0))
-        self.mean = np.asarray(norm["mean"], np.float32).reshape(1, -1, 1, 1) * scale
-        self.std = np.asarray(norm["std"], np.float32).reshape(1, -1, 1, 1) * scale
+        self.mean, self.std = self.info.input_statistics()  # (1, bands, 1, 1), raw pixel units
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         """(B, bands, H, W) raw pixels -> (B, classes, H, W) probabilities summing to 1."""

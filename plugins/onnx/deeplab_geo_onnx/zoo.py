@@ -208,11 +208,7 @@ class ZooPredictor:
 
     def __init__(self, session: Any, info: ModelInfo, spec: ZooSpec) -> None:
         self.session, self.info, self.spec = session, info, spec
-        norm = info.normalization
-        shape = (1, info.in_channels, 1, 1)
-        self._scale = float(norm["scale"])
-        self._mean = np.asarray(norm["mean"], np.float32).reshape(shape)
-        self._std = np.asarray(norm["std"], np.float32).reshape(shape)
+        self._mean, self._std = info.input_statistics()
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         from deeplab_geo.errors import BackendError
@@ -245,7 +241,7 @@ class ZooPredictor:
     def _prepare(self, tiles: np.ndarray) -> np.ndarray:
         if self.spec.input_dtype.kind != "f":
             return np.ascontiguousarray(tiles.astype(self.spec.input_dtype))
-        values = (tiles.astype(np.float32) / self._scale - self._mean) / self._std
+        values = (tiles.astype(np.float32) - self._mean) / self._std
         return np.ascontiguousarray(values.astype(self.spec.input_dtype))
 
     def _probabilities(self, scores: np.ndarray) -> np.ndarray:

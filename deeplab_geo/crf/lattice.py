@@ -1,7 +1,7 @@
 """The dense CRF in PyTorch (``crf.refiner: torch``), on the CPU or a CUDA device.
 
 Same energy, parameters and mean-field updates as the pydensecrf refiner
-(:mod:`deeplab_geo.crf`): unary ``-log p``, a Gaussian kernel (w2, θγ) and a bilateral kernel
+(:mod:`deeplab_geo.crf.dense`): unary ``-log p``, a Gaussian kernel (w2, θγ) and a bilateral kernel
 (w1, θα, θβ) with Potts compatibility and pydensecrf's symmetric normalisation, where a kernel's
 message to pixel i is ``n_i Σ_j k(f_i, f_j) n_j Q_j`` with ``n_i = (Σ_j k(f_i, f_j))^-1/2``.
 
@@ -36,8 +36,8 @@ import warnings
 import numpy as np
 import torch
 
-from deeplab_geo.config import CRFSettings
-from deeplab_geo.errors import ConfigError
+from deeplab_geo.crf.features import CRFParams, kernel_features, position_features
+from deeplab_geo.devices import torch_device
 
 _EPS = 1e-8
 _PACK_LIMIT = 2**62
@@ -95,14 +95,14 @@ def _apply(splat: torch.Tensor, blur: list[torch.Tensor], slice_: torch.Tensor,
     return slice_ @ lattice
 
 
-def refine(probs: np.ndarray, image: np.ndarray, settings: CRFSettings,
+def refine(probs: np.ndarray, image: np.ndarray, params: CRFParams,
            valid: np.ndarray | None = None) -> np.ndarray:
-    """Mean-field inference of the dense CRF for one tile on ``settings.device``.
+    """Mean-field inference of the dense CRF for one tile on ``params.device``.
 
     Args:
         probs: float32 ``(C, H, W)`` class probabilities from the network.
         image: uint8 ``(H, W, 3)`` colour features (see :func:`deeplab_geo.crf.colour_features`).
-        settings: kernel weights, widths, iterations and device.
+        params: kernel weights, widths, iterations and device.
         valid: bool ``(H, W)``; pixels outside it take no part in the CRF. ``None``: all valid.
 
     Returns:
@@ -110,58 +110,39 @@ def refine(probs: np.ndarray, image: np.ndarray, settings: CRFSettings,
         ``valid`` hold the (clipped, normalised) network probabilities.
 
     Raises:
-        ConfigError: ``settings.device`` names a CUDA device that is not there.
+        ConfigError: ``params.device`` names a CUDA device that is not there.
     """
-    from deeplab_geo.crf import kernel_features
-
-    device = torch_device(settings.device)
+    device = torch_device(params.device, "crf.device")
     n_classes, height, width = probs.shape
     inside = None if valid is None or valid.all() else np.flatnonzero(valid)
-    gaussian, bilateral = kernel_features(image, settings, valid)
+    gaussian, bilateral = kernel_features(image, params, valid)
     with torch.inference_mode():
         unary = -torch.log(torch.from_numpy(np.ascontiguousarray(probs, np.float32))
                            .to(device).reshape(n_classes, -1).clamp(_EPS, 1.0))
         if inside is None:
-            if settings.w2 > 0:  # the whole tile's Gaussian lattice depends on its shape only
-                gaussian = _grid_lattice(height, width, settings.theta_gamma, str(device))
-            marginals = _refined(unary, gaussian, bilateral, settings)
+            if params.w2 > 0:  # the whole tile's Gaussian lattice depends on its shape only
+                gaussian = _grid_lattice(height, width, params.theta_gamma, str(device))
+            marginals = _refined(unary, gaussian, bilateral, params)
         else:
             marginals = torch.softmax(-unary, 0)
             if inside.size:
                 index = torch.from_numpy(inside).to(device)
-                marginals[:, index] = _refined(unary[:, index], gaussian, bilateral, settings)
+                marginals[:, index] = _refined(unary[:, index], gaussian, bilateral, params)
         return marginals.reshape(n_classes, height, width).cpu().numpy()
 
 
 def _refined(unary: torch.Tensor, gaussian: PermutohedralLattice | np.ndarray,
-             bilateral: np.ndarray, settings: CRFSettings) -> torch.Tensor:
+             bilateral: np.ndarray, params: CRFParams) -> torch.Tensor:
     """Marginals ``(C, n)`` of the pixels whose ``(C, n)`` unary and kernel features are given
     (the Gaussian kernel's as features or as a ready lattice)."""
     messages = []
-    if settings.w2 > 0:
+    if params.w2 > 0:
         if not isinstance(gaussian, PermutohedralLattice):
             gaussian = _lattice(gaussian, unary.device)
-        messages.append(_message(gaussian, settings.w2))
-    if settings.w1 > 0:
-        messages.append(_message(_lattice(bilateral, unary.device), settings.w1))
-    return _mean_field(unary.T.contiguous(), messages, settings.iterations).T
-
-
-def torch_device(name: str) -> torch.device:
-    """The device a ``crf.device`` value names: ``auto`` is CUDA when available, else the CPU.
-
-    Raises:
-        ConfigError: CUDA is asked for and there is no such device.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            raise ConfigError(f"crf.device {name}: no such CUDA device ({count} available); "
-                              f"use crf.device: cpu or auto")
-    return device
+        messages.append(_message(gaussian, params.w2))
+    if params.w1 > 0:
+        messages.append(_message(_lattice(bilateral, unary.device), params.w1))
+    return _mean_field(unary.T.contiguous(), messages, params.iterations).T
 
 
 def _message(lattice: PermutohedralLattice, weight: float) -> _ScaledFilter:
@@ -198,8 +179,6 @@ def _lattice(features: np.ndarray, device: torch.device) -> PermutohedralLattice
 @functools.lru_cache(maxsize=2)
 def _grid_lattice(height: int, width: int, theta: float, device: str) -> PermutohedralLattice:
     """The Gaussian kernel's lattice for a whole tile of this shape (it ignores the image)."""
-    from deeplab_geo.crf import position_features
-
     return _lattice(position_features(height, width, theta), torch.device(device))
 
 
