@@ -33,7 +33,19 @@ _API = {
     "DeepLabGeoError": "deeplab_geo.errors",
 }
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", "shutdown", *_API]
+
+
+def shutdown() -> None:
+    """Stop this process's helper processes and forget its loaded models (tests, benchmarks
+    and long-lived hosts call it between jobs; the next run starts them again)."""
+    from deeplab_geo import plugins, processes
+
+    processes.shutdown()
+    for entry in plugins.registered_backends().values():
+        release = getattr(entry.backend, "release", None)
+        if callable(release):
+            release()
 
 
 def __getattr__(name: str) -> Any:

@@ -48,7 +48,7 @@ from typing import Any
 
 import deeplab_geo
 from deeplab_geo.checkpoints import metadata_path, resolve
-from deeplab_geo.config import PipelineConfig
+from deeplab_geo.config import PipelineConfig, updated
 from deeplab_geo.errors import DeepLabGeoError, InputError, OutputError
 from deeplab_geo.files import atomic_path, write_atomic
 from deeplab_geo.io import STAGING_PREFIX, writing
@@ -287,8 +287,8 @@ def run_batch(config: PipelineConfig, *, force: bool = False,
                 outcome = ItemOutcome(item, "skipped")
             else:
                 started = time.perf_counter()
-                item_config = config.model_copy(update={"input": item.path,
-                                                        "output_dir": item.output_dir})
+                item_config = updated(config, {"input": item.path,
+                                               "output_dir": item.output_dir})
                 try:
                     result = run(item_config, progress=progress if parallel == 1 else None)
                 except DeepLabGeoError as exc:

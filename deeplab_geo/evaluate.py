@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 from deeplab_geo import crf as crf_module
 from deeplab_geo import io, tta
-from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings
+from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings, updated
 from deeplab_geo.datasets import SegmentationDataset
 from deeplab_geo.datasets.labels import Grid, open_labels
 from deeplab_geo.errors import InputError
@@ -143,11 +143,8 @@ def evaluate_pipeline(config: PipelineConfig, labels: Path,
     with tempfile.TemporaryDirectory(prefix="deeplab-geo-eval-") as tmp:
         for enabled in crf_modes:
             out = Path(tmp) / ("crf" if enabled else "nocrf")
-            cfg = config.model_copy(update={
-                "output_dir": out, "quicklook": False,
-                "crf": config.crf.model_copy(update={"enabled": enabled}),
-                "vectorize": config.vectorize.model_copy(update={"enabled": False}),
-            })
+            cfg = updated(config, {"output_dir": out, "quicklook": False,
+                                   "crf.enabled": enabled, "vectorize.enabled": False})
             result = run(cfg)
             classes = result.outputs["classes"]
             with rasterio.open(classes) as ds:

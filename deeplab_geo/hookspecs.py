@@ -14,7 +14,9 @@ A backend is any object with (typed as :class:`Backend`):
 * ``load(checkpoint, *, device) -> Predictor``: load a model once (per process);
 * ``auto_priority`` (optional, ``dict[str, int]``): how much this backend should be preferred
   by ``model.backend: auto`` on each device type (``"cpu"``, ``"cuda"``); the highest wins, and a
-  backend without an entry for the device is never picked automatically.
+  backend without an entry for the device is never picked automatically;
+* ``release()`` (optional): forget the models ``load`` keeps (:func:`deeplab_geo.shutdown`
+  calls it).
 
 A predictor is any object with (typed as :class:`Predictor`):
 

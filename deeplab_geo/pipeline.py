@@ -41,7 +41,8 @@ import deeplab_geo
 from deeplab_geo import cluster as cluster_module
 from deeplab_geo import crf as crf_module
 from deeplab_geo import io, sources, stac, tiling
-from deeplab_geo.config import PipelineConfig
+from deeplab_geo.checkpoints import ModelInfo
+from deeplab_geo.config import PipelineConfig, updated
 from deeplab_geo.errors import InputError
 from deeplab_geo.plugins import choose_backend, load_model
 from deeplab_geo.processes import trim_heap
@@ -110,8 +111,7 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None,
     timings: dict[str, float] = {}
     started = time.perf_counter()
     backend_name = choose_backend(config.model.backend, config.model.device)
-    config = config.model_copy(update={
-        "model": config.model.model_copy(update={"backend": backend_name})})
+    config = updated(config, {"model.backend": backend_name})
     predictor = load_model(backend_name, config.model.checkpoint, config.model.device,
                            config.model.metadata)
     info = predictor.info
@@ -124,61 +124,11 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None,
         if (params := crf_params(config, plan, ds)) is not None:
             crf = (params, crf_module.colour_mapping(ds, config.crf.bands, config.crf.stretch))
     timings["load"] = time.perf_counter() - started
-    names = output_names(config.input, config.vectorize.format)
-    if not config.outputs.confidence:
-        del names["confidence"]
-    if not config.vectorize.enabled:
-        del names["polygons"]
-    if not config.quicklook:
-        del names["quicklook"]
+    names = _output_names(config)
     with io.staged_outputs(config.output_dir) as staging:
         staged = {key: staging / name for key, name in names.items()}
-        writer = ClassMapWriter(profile, staged["classes"], staged.get("confidence"),
-                                info.classes, info.colours)
-        polygons = None
-        if _streams_polygons(config):
-            polygons = _Background(lambda strips: vectorize_strips(
-                strips, staged["polygons"], crs=profile["crs"].to_wkt(),
-                transform=profile["transform"], width=profile["width"],
-                height=profile["height"], class_names=info.classes, settings=config.vectorize,
-                with_confidence=config.outputs.confidence, confidence_scale=CONFIDENCE_SCALE,
-                nodata=CLASS_NODATA, source=config.input.name))
-
-        def deliver(strip: Strip) -> None:
-            writer.write(strip)
-            if polygons is not None:
-                polygons.put(strip)
-
-        try:
-            t0 = time.perf_counter()
-            _predict_all(config, plan, grid,
-                         StripAssembler(grid, profile["height"], profile["width"]), deliver, crf,
-                         progress)
-            timings["predict_and_refine"] = time.perf_counter() - t0
-            if not writer.counts.any():
-                raise InputError(f"{config.input.name}: every pixel is nodata (masked); "
-                                 "check the raster's nodata value or mask")
-            trim_heap()  # prediction's freed buffers stay resident otherwise
-            t0 = time.perf_counter()
-            if polygons is not None:
-                polygons.finish_input()  # the last strip's polygons are made while COGs are
-            writer.finish()
-            timings["write_cog"] = time.perf_counter() - t0
-            polygon_count = None
-            if polygons is not None:
-                polygon_count = polygons.result().polygons
-                timings["vectorize"] = time.perf_counter() - t0
-            elif config.vectorize.enabled:  # small-region merging needs the whole raster
-                t0 = time.perf_counter()
-                polygon_count = vectorize(staged["classes"], staged["polygons"],
-                                          class_names=info.classes, settings=config.vectorize,
-                                          confidence=staged.get("confidence"),
-                                          source=config.input.name).polygons
-                timings["vectorize"] = time.perf_counter() - t0
-        finally:
-            if polygons is not None:
-                polygons.cancel()
-            writer.close()
+        counts, polygon_count = _write_maps(config, info, profile, plan, grid, crf, staged,
+                                            progress, timings)
         with io.writing(config.output_dir):
             if config.quicklook:
                 t0 = time.perf_counter()
@@ -186,7 +136,7 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None,
                                  staged["quicklook"])
                 timings["quicklook"] = time.perf_counter() - t0
             timings["total"] = time.perf_counter() - started
-            report = _report(config, profile, grid, writer.counts, info.classes, timings,
+            report = _report(config, profile, grid, counts, info.classes, timings,
                              polygon_count, plan)
             staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             item = stac.run_item(config.input.stem,
@@ -195,6 +145,72 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None,
             staged["item"].write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
             outputs = io.publish(staged, config.output_dir)
     return RunResult(outputs=outputs, report=report)
+
+
+def _output_names(config: PipelineConfig) -> dict[str, str]:
+    """The file names of the outputs this run writes, by kind."""
+    names = output_names(config.input, config.vectorize.format)
+    for key, wanted in (("confidence", config.outputs.confidence),
+                        ("polygons", config.vectorize.enabled), ("quicklook", config.quicklook)):
+        if not wanted:
+            del names[key]
+    return names
+
+
+def _write_maps(config: PipelineConfig, info: ModelInfo, profile: dict[str, Any],
+                plan: WindowPlan, grid: list[tiling.Tile],
+                crf: tuple[crf_module.CRFParams, crf_module.ColourMapping] | None,
+                staged: dict[str, Path], progress: ProgressFactory | None,
+                timings: dict[str, float]) -> tuple[np.ndarray, int | None]:
+    """Predict every tile into the staged class raster (and confidence) and make the polygons,
+    streamed from the finished strips where possible; returns the pixel count per class and
+    the polygon count (``None`` without polygons)."""
+    writer = ClassMapWriter(profile, staged["classes"], staged.get("confidence"),
+                            info.classes, info.colours)
+    polygons = None
+    if _streams_polygons(config):
+        polygons = _Background(lambda strips: vectorize_strips(
+            strips, staged["polygons"], crs=profile["crs"].to_wkt(),
+            transform=profile["transform"], width=profile["width"],
+            height=profile["height"], class_names=info.classes, settings=config.vectorize,
+            with_confidence=config.outputs.confidence, confidence_scale=CONFIDENCE_SCALE,
+            nodata=CLASS_NODATA, source=config.input.name))
+
+    def deliver(strip: Strip) -> None:
+        writer.write(strip)
+        if polygons is not None:
+            polygons.put(strip)
+
+    try:
+        t0 = time.perf_counter()
+        _predict_all(config, plan, grid, StripAssembler(grid, profile["height"],
+                                                        profile["width"]), deliver, crf, progress)
+        timings["predict_and_refine"] = time.perf_counter() - t0
+        if not writer.counts.any():
+            raise InputError(f"{config.input.name}: every pixel is nodata (masked); "
+                             "check the raster's nodata value or mask")
+        trim_heap()  # prediction's freed buffers stay resident otherwise
+        t0 = time.perf_counter()
+        if polygons is not None:
+            polygons.finish_input()  # the last strip's polygons are made while COGs are
+        writer.finish()
+        timings["write_cog"] = time.perf_counter() - t0
+        polygon_count = None
+        if polygons is not None:
+            polygon_count = polygons.result().polygons
+            timings["vectorize"] = time.perf_counter() - t0
+        elif config.vectorize.enabled:  # small-region merging needs the whole raster
+            t0 = time.perf_counter()
+            polygon_count = vectorize(staged["classes"], staged["polygons"],
+                                      class_names=info.classes, settings=config.vectorize,
+                                      confidence=staged.get("confidence"),
+                                      source=config.input.name).polygons
+            timings["vectorize"] = time.perf_counter() - t0
+    finally:
+        if polygons is not None:
+            polygons.cancel()
+        writer.close()
+    return writer.counts, polygon_count
 
 
 def _streams_polygons(config: PipelineConfig) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from deeplab_geo import io
-from deeplab_geo.config import PipelineConfig, is_url
+from deeplab_geo.config import PipelineConfig, is_url, updated
 from deeplab_geo.errors import ConfigError, InputError
 
 
@@ -85,7 +85,7 @@ def local_input(config: PipelineConfig) -> Iterator[tuple[PipelineConfig, Origin
                 sources = [(gdal_path(spec), band) for band in range(1, ds.count + 1)]
             name = PurePosixPath(urlparse(spec).path).stem or "remote"
         vrt = io.write_vrt(sources, Path(folder) / f"{_safe(name)}.vrt")
-        yield config.model_copy(update={"input": vrt}), origin
+        yield updated(config, {"input": vrt}), origin
 
 
 def read_item(href: str) -> dict[str, Any]:

@@ -376,8 +376,41 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print,
 
 def _train(config: TrainConfig, log: Callable[[str], None],
            progress: Callable[[int], Any] | None) -> TrainResult:
-    opt = config.train
     started = time.perf_counter()
+    state = _prepare(config, log)
+    bar = progress(config.train.steps) if progress else None
+    if bar is not None and state.start:
+        bar.update(state.start)
+    try:
+        running = _optimise(state, config, log, bar, started)
+    finally:
+        if bar is not None:
+            bar.close()
+    return _finish(state, config, log, started, running)
+
+
+@dataclass
+class _TrainState:
+    """What a training run works on, once prepared (see :func:`_prepare`)."""
+
+    device: torch.device
+    info: ModelInfo
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    amp_dtype: torch.dtype | None
+    sampler: CropSampler
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor | None
+    checkpoints: Path
+    start: int
+    running: float | None
+
+
+def _prepare(config: TrainConfig, log: Callable[[str], None]) -> _TrainState:
+    """The data, the model (initialised, or resumed with its optimiser), and the sampler."""
+    opt = config.train
     device = torch_device(opt.device, "train.device")
     torch.manual_seed(opt.seed)
     train_set = build(config.data, "train")
@@ -387,6 +420,34 @@ def _train(config: TrainConfig, log: Callable[[str], None],
     if opt.resume and resume_from is None:
         raise ConfigError(f"train.resume: no checkpoint in {checkpoints}; train without "
                           "--resume first")
+    info, model, weights = _model_for(config, train_set, resume_from, log)
+    model = model.to(device, memory_format=torch.channels_last)
+    model.train()
+    if opt.freeze_bn:
+        log(f"froze {freeze_batch_norm(model)} batch-norm layers")
+    optimizer = make_optimizer(model, opt)
+    amp_dtype = _amp_dtype(device, opt.amp)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    start, running = 0, None
+    if resume_from is not None:
+        start, running = load_state(resume_from, config, model, optimizer, scaler, device)
+        log(f"resumed from {resume_from} at step {start}")
+    augment = opt.augment if opt.augment != "auto" else (
+        "dihedral" if config.data.kind in ("synthetic", "chips") else "hflip")
+    mean, std = (torch.from_numpy(a) for a in info.input_statistics())
+    sampler = CropSampler(train_set, opt.crop_size, opt.scale_range, augment,
+                          fill=mean.flatten().tolist())
+    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32,
+                                                       device=device)
+    return _TrainState(device, info, model, optimizer, scaler, amp_dtype, sampler,
+                       mean.to(device), std.to(device), weight, checkpoints, start, running)
+
+
+def _model_for(config: TrainConfig, train_set: SegmentationDataset, resume_from: Path | None,
+               log: Callable[[str], None]) -> tuple[ModelInfo, nn.Module, list[float] | None]:
+    """The model's metadata, the model (with ``model.init``'s weights where given) and the
+    class weights of the loss."""
+    opt = config.train
     init_state, init_info = (load_init(config.model.init) if config.model.init and
                              resume_from is None else ({}, None))
     if resume_from is not None:
@@ -405,86 +466,81 @@ def _train(config: TrainConfig, log: Callable[[str], None],
     if init_state:
         loaded, fresh = apply_init(model, init_state)
         log(f"initialised {loaded} tensors from {config.model.init}; {len(fresh)} left fresh")
-    model = model.to(device, memory_format=torch.channels_last)
-    model.train()
-    if opt.freeze_bn:
-        log(f"froze {freeze_batch_norm(model)} batch-norm layers")
-    optimizer = make_optimizer(model, opt)
-    amp_dtype = _amp_dtype(device, opt.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    start, running = 0, None
-    if resume_from is not None:
-        start, running = load_state(resume_from, config, model, optimizer, scaler, device)
-        log(f"resumed from {resume_from} at step {start}")
-    augment = opt.augment if opt.augment != "auto" else (
-        "dihedral" if config.data.kind in ("synthetic", "chips") else "hflip")
-    mean, std = (torch.from_numpy(a) for a in info.input_statistics())
-    sampler = CropSampler(train_set, opt.crop_size, opt.scale_range, augment,
-                          fill=mean.flatten().tolist())
-    mean, std = mean.to(device), std.to(device)
-    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32,
-                                                       device=device)
-    bar = progress(opt.steps) if progress else None
-    if bar is not None and start:
-        bar.update(start)
-    cuda = device.type == "cuda"
-    try:
-        for step, images, labels in batches(sampler, opt.seed, start, opt.steps,
-                                            opt.batch_size, opt.workers):
-            lr = poly_lr(opt.lr, step, opt.steps, opt.poly_power)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            torch.manual_seed(int(np.random.default_rng([opt.seed, step]).integers(2 ** 62)))
-            if cuda:
-                images, labels = images.pin_memory(), labels.pin_memory()
-            images = images.to(device, non_blocking=cuda)
-            labels = labels.to(device, non_blocking=cuda)
-            images = ((images - mean) / std).contiguous(memory_format=torch.channels_last)
-            loss = _loss(model, images, labels, amp_dtype, opt.aux_loss_weight, weight)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            value = float(loss.detach())
-            running = value if running is None else 0.9 * running + 0.1 * value
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}")
-            elif done % opt.log_every == 0 or done == opt.steps:
-                log(f"step {done}/{opt.steps} loss {running:.4f} lr {lr:.2e} "
-                    f"({time.perf_counter() - started:.0f} s)")
-            if opt.checkpoint_every and (done % opt.checkpoint_every == 0 or
-                                         done == opt.steps):
-                save_state(checkpoints, done, model, info, optimizer, scaler, running, config)
-                prune_states(checkpoints, opt.keep_checkpoints)
-    finally:
+    return info, model, weights
+
+
+def _optimise(state: _TrainState, config: TrainConfig, log: Callable[[str], None], bar: Any,
+              started: float) -> float | None:
+    """The training steps from ``state.start``; returns the running loss."""
+    opt = config.train
+    device, cuda = state.device, state.device.type == "cuda"
+    running = state.running
+    for step, images, labels in batches(state.sampler, opt.seed, state.start, opt.steps,
+                                        opt.batch_size, opt.workers):
+        lr = poly_lr(opt.lr, step, opt.steps, opt.poly_power)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        torch.manual_seed(int(np.random.default_rng([opt.seed, step]).integers(2 ** 62)))
+        if cuda:
+            images, labels = images.pin_memory(), labels.pin_memory()
+        images = images.to(device, non_blocking=cuda)
+        labels = labels.to(device, non_blocking=cuda)
+        images = ((images - state.mean) / state.std).contiguous(memory_format=torch.channels_last)
+        value = _step(state, images, labels, opt.aux_loss_weight)
+        running = value if running is None else 0.9 * running + 0.1 * value
+        done = step + 1
         if bar is not None:
-            bar.close()
+            bar.update(1)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}")
+        elif done % opt.log_every == 0 or done == opt.steps:
+            log(f"step {done}/{opt.steps} loss {running:.4f} lr {lr:.2e} "
+                f"({time.perf_counter() - started:.0f} s)")
+        if opt.checkpoint_every and (done % opt.checkpoint_every == 0 or done == opt.steps):
+            save_state(state.checkpoints, done, state.model, state.info, state.optimizer,
+                       state.scaler, running, config)
+            prune_states(state.checkpoints, opt.keep_checkpoints)
+    return running
+
+
+def _step(state: _TrainState, images: torch.Tensor, labels: torch.Tensor,
+          aux_weight: float) -> float:
+    """One optimisation step; returns the batch's loss."""
+    loss = _loss(state.model, images, labels, state.amp_dtype, aux_weight, state.weight)
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.scaler is not None:
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        loss.backward()
+        state.optimizer.step()
+    return float(loss.detach())
+
+
+def _finish(state: _TrainState, config: TrainConfig, log: Callable[[str], None],
+            started: float, running: float | None) -> TrainResult:
+    """Trim, validate, measure the reach, and write the checkpoint with its training record."""
+    opt, model = config.train, state.model
     train_seconds = time.perf_counter() - started
     trimmed = trim_unreached_taps(model, opt.crop_size) if opt.trim_taps else {}
     if trimmed:
         log(f"zeroed taps beyond {opt.crop_size / 2:g} px in {len(trimmed)} convolutions "
             f"({', '.join(trimmed)})")
-    val_miou = validate(model, info, config, device, log)
+    val_miou = validate(model, state.info, config, state.device, log)
     seconds = time.perf_counter() - started
+    amp = str(state.amp_dtype).removeprefix("torch.") if state.amp_dtype else None
     record = {"config": config.model_dump(mode="json"), "seconds": round(seconds, 1),
               "train_seconds": round(train_seconds, 1), "val_miou": val_miou,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "device": str(device), "amp": str(amp_dtype).removeprefix("torch.")
-              if amp_dtype else None, "resumed_at_step": start or None,
+              "device": str(state.device), "amp": amp, "resumed_at_step": state.start or None,
               "trimmed_taps": trimmed or None}
-    reach = measure_reach(model, info.in_channels)
+    reach = measure_reach(model, state.info.in_channels)
     log(f"reach {reach} px" if reach else "reach: the whole input (global pooling)")
-    info = ModelInfo(**{**asdict(info), "training": record, "reach": reach})
+    info = ModelInfo(**{**asdict(state.info), "training": record, "reach": reach})
     path = save_checkpoint(model, info, config.output)
     log(f"wrote {path}")
-    return TrainResult(path, val_miou, seconds, float(running or 0.0), start or None)
+    return TrainResult(path, val_miou, seconds, float(running or 0.0), state.start or None)
 
 
 def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:

@@ -46,7 +46,7 @@ import xarray as xr
 
 from deeplab_geo import crf as crf_module
 from deeplab_geo import io, tiling
-from deeplab_geo.config import PipelineConfig, load_pipeline
+from deeplab_geo.config import PipelineConfig, load_pipeline, updated
 from deeplab_geo.errors import ConfigError, InputError
 from deeplab_geo.plugins import choose_backend, load_model
 from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, CONFIDENCE_SCALE, Strip
@@ -154,8 +154,7 @@ def _config(pipeline: str | Path | None, **given: Any) -> PipelineConfig:
     except ValueError as exc:
         raise ConfigError(f"deeplab_geo.xarray.segment: {exc}") from None
     backend = choose_backend(config.model.backend, config.model.device)
-    return config.model_copy(update={
-        "model": config.model.model_copy(update={"backend": backend})})
+    return updated(config, {"model.backend": backend})
 
 
 def _bands_first(image: xr.DataArray) -> tuple[xr.DataArray, tuple[str, str]]:

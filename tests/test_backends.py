@@ -47,6 +47,15 @@ def test_documented_example_plugin_matches_the_torch_backend(eager_plugin, tiny_
     assert np.abs(a - b).max() < 1e-4
 
 
+def test_built_in_and_example_backends_meet_the_typed_contract(eager_plugin, tiny_checkpoint):
+    from deeplab_geo.hookspecs import Backend, Predictor
+
+    for name in ("torch", "onnx", "eager"):
+        backend = get_backend(name)
+        assert isinstance(backend, Backend), name
+        assert isinstance(backend.load(str(tiny_checkpoint), device="cpu"), Predictor), name
+
+
 def test_example_plugin_is_gone_after_the_fixture():
     assert "eager" not in registered_backends()
 

@@ -120,7 +120,8 @@ def read_outputs(folder):
     return found
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow),
+                                 signal.SIGTERM])
 def test_interrupted_batch_resumes_to_the_same_outputs(tiny_pipeline, tmp_path, sig):
     """A real run is killed mid-batch (SIGKILL to its whole process group, as `kill -9 -PGID`,
     or SIGTERM to the CLI, as `kill PID`); a rerun finishes it with identical outputs."""

@@ -85,6 +85,7 @@ class KillOneWorkerOnFirstTile:
         pass
 
 
+@pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
 def test_local_cluster_survives_a_killed_worker_with_identical_output(
         tmp_path, scene, tiny_checkpoint):
     """Two worker processes; one is killed mid-run; the output equals a local threaded run."""
@@ -116,6 +117,7 @@ def _model_loads():
     return torch_backend._load_cached.cache_info().misses
 
 
+@pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
 def test_existing_cluster_by_address_loads_the_model_once_per_worker(
         tmp_path, scene, tiny_checkpoint):
     from distributed import Client, LocalCluster

@@ -39,6 +39,7 @@ def test_shipped_pipelines_exist():
     ({**BASE, "model": {"batch_size": "many"}}, "model.batch_size"),
     ({**BASE, "model": {"device": "tpu"}}, "model.device"),
     ({**BASE, "vectorize": {"connectivity": 6}}, "vectorize.connectivity"),
+    ({**BASE, "tta": {"scales": [1.0, 0.05]}}, "tta.scales.1: Input should be greater than"),
 ])
 def test_invalid_values_name_the_key(data, message):
     with pytest.raises(ConfigError) as info:
@@ -56,6 +57,31 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
     assert config.input == tmp_path / "in.tif"
     assert config.output_dir == sub / "out"
     assert config.model.checkpoint == str(sub / "m.safetensors")
+
+
+def test_override_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    sub = tmp_path / "cfg"
+    sub.mkdir()
+    (sub / "p.yaml").write_text("input: in.tif\noutput_dir: out\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_pipeline(sub / "p.yaml", {"model.checkpoint": "w/m.safetensors",
+                                            "output_dir": "elsewhere",
+                                            "input": "https://example.com/a.tif"})
+    assert config.model.checkpoint == str(tmp_path / "w" / "m.safetensors")
+    assert config.output_dir == tmp_path / "elsewhere"
+    assert config.input == "https://example.com/a.tif"  # URLs stay as they are
+
+
+def test_a_changed_config_is_validated_again(tmp_path):
+    from deeplab_geo.config import updated
+
+    (tmp_path / "p.yaml").write_text("input: a.tif\noutput_dir: o\n")
+    config = load_pipeline(tmp_path / "p.yaml")
+    changed = updated(config, {"crf.enabled": False, "model.backend": "torch"})
+    assert (changed.crf.enabled, changed.model.backend) == (False, "torch")
+    assert changed.input == config.input and changed.tiling == config.tiling
+    with pytest.raises(ConfigError, match="tiling.tile_size"):
+        updated(config, {"tiling.tile_size": 4})
 
 
 def test_builtin_checkpoint_is_left_alone(tmp_path):

@@ -196,7 +196,7 @@ def test_torch_refiner_ignores_the_process_count():
     ({"device": "gpu", "refiner": "torch"}, "crf.device"),
     ({"device": "cuda"}, "crf: device 'cuda' only applies to refiner 'torch'"),
     ({"stretch": [50, 10]}, "crf: stretch must be percentiles"),
-    ({"bands": [0, 1, 2]}, "crf: bands are 1-based"),
+    ({"bands": [0, 1, 2]}, "crf.bands.0: Input should be greater than or equal to 1"),
 ])
 def test_invalid_crf_settings_are_config_errors(crf, message):
     from deeplab_geo.config import validate_pipeline

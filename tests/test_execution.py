@@ -98,6 +98,7 @@ def test_pending_results_stay_bounded_with_a_slow_writer(tmp_path, scene, pixelw
     assert pending.peak <= 3 + 1  # in flight, plus one being released
 
 
+@pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
 def test_pending_results_stay_bounded_on_a_cluster(tmp_path, scene, pixelwise, monkeypatch):
     """A dask.distributed cluster whose workers are threads of this process (so the test
     backend and the counter reach them)."""
@@ -198,6 +199,7 @@ def _die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
 def test_a_pool_whose_worker_was_killed_is_replaced():
     pool = worker_pool(2)
     first = pool.executor()
@@ -209,6 +211,7 @@ def test_a_pool_whose_worker_was_killed_is_replaced():
     assert pool.executor() is not first
 
 
+@pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
 def test_work_lost_twice_is_one_worker_error_and_the_pool_recovers():
     pool = worker_pool(1)
     with pytest.raises(WorkerError, match="died twice .* out-of-memory killer"):
@@ -216,6 +219,7 @@ def test_work_lost_twice_is_one_worker_error_and_the_pool_recovers():
     assert pool.map(int, [("3",)]) == [3]
 
 
+@pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
 def test_crf_worker_killed_during_refinement_changes_nothing():
     from deeplab_geo import crf
     from tests.test_crf import blurred_boundary
@@ -256,6 +260,7 @@ class KillCrfWorkerOnFirstBatch:
         pass
 
 
+@pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
 def test_run_goes_on_when_a_crf_worker_is_killed(tmp_path, pixelwise):
     image = np.random.default_rng(5).integers(0, 255, (3, 96, 96), dtype=np.uint8)
     raster = write_raster(tmp_path / "crf.tif", image)

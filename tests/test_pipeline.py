@@ -100,6 +100,7 @@ class SmallCNNPlugin:
         return [self.backend]
 
 
+@pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
 def test_demo_model_tiled_run_agrees_with_one_whole_image_prediction(tmp_path):
     """The demo model (windowed pooling, trimmed taps) with the demo pipeline's tiles."""
     from deeplab_geo.plugins import choose_backend

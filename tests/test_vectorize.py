@@ -294,6 +294,7 @@ def test_helper_processes_give_the_same_regions_in_the_same_order(tmp_path, monk
     assert (class_id == serial[1]).all() and np.allclose(confidence, serial[2])
 
 
+@pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
 def test_a_killed_helper_process_changes_nothing(tmp_path, monkeypatch):
     import os
     import signal

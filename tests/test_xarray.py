@@ -12,6 +12,7 @@ import rasterio
 import rioxarray
 import xarray as xr
 
+import deeplab_geo
 import deeplab_geo.xarray as dx
 from deeplab_geo.config import load_pipeline
 from deeplab_geo.errors import InputError
@@ -81,7 +82,7 @@ def test_the_model_is_loaded_once_for_all_blocks(tmp_path, tiny_checkpoint):
     from deeplab_geo.backends import torch_backend
 
     raster = _scene(tmp_path)
-    torch_backend._load_cached.cache_clear()
+    deeplab_geo.shutdown()
     ds = rioxarray.open_rasterio(raster, chunks={"x": 50}).deeplab.segment(
         checkpoint=str(tiny_checkpoint), tile_size=64, overlap=16, batch_size=1, crf=False,
         device="cpu", backend="torch")
@@ -161,6 +162,7 @@ def test_vectorize_gives_the_cli_polygons(tmp_path, tiny_checkpoint):
     assert len(geopandas.read_file(tmp_path / "array.gpkg")) == len(cli)
 
 
+@pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
 def test_runs_on_a_distributed_cluster(tmp_path, tiny_checkpoint):
     from distributed import Client, LocalCluster
 

@@ -18,10 +18,10 @@ import numpy as np
 from deeplab_geo.checkpoints import ModelInfo, resolve
 from deeplab_geo.devices import resolve_device
 from deeplab_geo.errors import BackendError
-from deeplab_geo.hookspecs import hookimpl
+from deeplab_geo.hookspecs import Backend, Predictor, hookimpl
 
 
-class TorchPredictor:
+class TorchPredictor(Predictor):
     """A loaded model that turns raw tiles into class probabilities."""
 
     def __init__(self, model: Any, info: ModelInfo, device: Any) -> None:
@@ -60,13 +60,17 @@ class TorchPredictor:
         return probs.contiguous().cpu().numpy()
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     name = "torch"
     description = "PyTorch (CUDA with autocast when available, else CPU fp32 channels-last)"
     auto_priority = {"cuda": 20, "cpu": 10}
 
     def load(self, checkpoint: str, *, device: str = "auto") -> TorchPredictor:
         return _load_cached(str(resolve(checkpoint)), resolve_device(device))
+
+    def release(self) -> None:
+        """Forget the loaded models."""
+        _load_cached.cache_clear()
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,11 +11,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deeplab_geo.hookspecs import hookimpl
-from deeplab_geo.models.checkpoint import load_checkpoint
+from deeplab_geo.hookspecs import Backend, Predictor, hookimpl
+from deeplab_geo.models.checkpoint import ModelInfo, load_checkpoint
 
 
-class EagerPredictor:
+class EagerPredictor(Predictor):
+    """A :class:`~deeplab_geo.hookspecs.Predictor`: ``info`` and ``predict``."""
+
+    info: ModelInfo
+
     def __init__(self, checkpoint: str) -> None:
         self.model, self.info = load_checkpoint(checkpoint)  # safe formats only
         self.mean, self.std = self.info.input_statistics()  # (1, bands, 1, 1), raw pixel units
@@ -27,7 +31,9 @@ class EagerPredictor:
             return torch.softmax(self.model(x)["out"], dim=1).numpy()
 
 
-class EagerBackend:
+class EagerBackend(Backend):
+    """A :class:`~deeplab_geo.hookspecs.Backend`: ``name``, ``description`` and ``load``."""
+
     name = "eager"  # what users put in model.backend
     description = "example plugin: eager fp32 PyTorch on the CPU"
 

@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from deeplab_geo.checkpoints import ModelInfo, read_info, resolve
 from deeplab_geo.errors import BackendError
-from deeplab_geo.hookspecs import hookimpl
+from deeplab_geo.hookspecs import Backend, Predictor, hookimpl
 from deeplab_geo_onnx.zoo import ZooPredictor, is_zoo_model, read_zoo_model
 
 __version__ = "0.1.0"
@@ -35,7 +35,7 @@ MAX_STREAMS = 4
 """At most this many sessions share a batch (each holds its own copy of the weights)."""
 
 
-class OnnxPredictor:
+class OnnxPredictor(Predictor):
     """ONNX Runtime sessions turning raw tiles into class probabilities.
 
     Args:
@@ -79,7 +79,7 @@ def _run(session: ort.InferenceSession, pixels: np.ndarray) -> np.ndarray:
     return session.run(["probabilities"], {"pixels": pixels})[0]
 
 
-class OnnxBackend:
+class OnnxBackend(Backend):
     name = "onnx"
     description = "ONNX Runtime (CPU provider; CUDA provider when available)"
     # Preferred on CPU: about 1.5x the throughput of the torch backend on the demo model
@@ -92,6 +92,10 @@ class OnnxBackend:
         foreign model's own (see :mod:`deeplab_geo_onnx.zoo`)."""
         return _load_cached(str(resolve(checkpoint)), device,
                             json.dumps(metadata or {}, sort_keys=True))
+
+    def release(self) -> None:
+        """Forget the loaded sessions."""
+        _load_cached.cache_clear()
 
 
 def providers_for(device: str) -> list[str]:

@@ -33,6 +33,7 @@ import numpy as np
 from deeplab_geo.checkpoints import ModelInfo
 from deeplab_geo.datasets.voc import voc_palette
 from deeplab_geo.errors import CheckpointError
+from deeplab_geo.hookspecs import Predictor
 
 METADATA_KEYS = ("model_type", "class_names", "names", "resolution", "tiles_size", "tile_size",
                  "tiles_overlap", "standardization_mean", "standardization_std", "seg_thresh",
@@ -199,7 +200,7 @@ def _dims(value: Any) -> list[int | None]:
             for d in value.type.tensor_type.shape.dim]
 
 
-class ZooPredictor:
+class ZooPredictor(Predictor):
     """Raw tiles in, class probabilities out, for a foreign graph (see the module docstring).
 
     Tiles smaller than a fixed input are padded (reflected) and cropped back; batches are padded
