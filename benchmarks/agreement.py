@@ -7,7 +7,7 @@
 The demo scene (seed 0, ``--size`` px high and ``--width`` wide; 2048 is the bundled sample)
 is predicted once whole by the backend ``model.backend: auto`` picks (padded at its bottom
 and right to the model's alignment, as the pipeline pads every tile), then run through
-``deeplab_geo.pipeline.run`` with the same backend, CRF and polygons off, at each tile size /
+``deeplab_geo.pipeline.runner.run`` with the same backend, CRF and polygons off, at each tile size /
 overlap (``auto``: the model's own). The figure is the share of pixels whose class equals the
 whole-image argmax. The tile and the smallest overlap actually used (tiles may grow to hold
 an automatic overlap, and spread so that overlaps exceed the one asked for) are printed.
@@ -27,10 +27,10 @@ from rasterio.transform import from_origin
 
 from deeplab_geo.config import validate_pipeline
 from deeplab_geo.models.checkpoint import load_checkpoint, save_checkpoint
-from deeplab_geo.pipeline import run
+from deeplab_geo.pipeline.runner import run
 from deeplab_geo.plugins import choose_backend, get_backend
-from deeplab_geo.sample import PIXEL_M, synthesize_scene
-from deeplab_geo.tiling import axis_spans
+from deeplab_geo.raster.tiling import axis_spans
+from deeplab_geo.tools.sample import PIXEL_M, synthesize_scene
 
 
 def agreement(raster: Path, image: np.ndarray, checkpoint: str, tiles: list[tuple[int, str]],

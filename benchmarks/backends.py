@@ -28,7 +28,7 @@ from deeplab_geo.plugins import (  # noqa: E402
     get_plugin_manager,
     registered_backends,
 )
-from deeplab_geo.sample import synthesize_scene  # noqa: E402
+from deeplab_geo.tools.sample import synthesize_scene  # noqa: E402
 
 
 def main() -> None:

@@ -31,10 +31,10 @@ import torch
 
 from deeplab_geo import crf
 from deeplab_geo.crf import lattice
-from deeplab_geo.metrics import boundary_counts, boundary_f_score, confusion_matrix, scores
 from deeplab_geo.plugins import get_backend
-from deeplab_geo.sample import synthesize_scene
-from deeplab_geo.tiling import batched, tile_grid
+from deeplab_geo.raster.tiling import batched, tile_grid
+from deeplab_geo.tools.metrics import boundary_counts, boundary_f_score, confusion_matrix, scores
+from deeplab_geo.tools.sample import synthesize_scene
 
 
 def stitch(grid, probs, size):

@@ -37,9 +37,9 @@ from rasterio.windows import Window
 from deeplab_geo.config import load_pipeline, load_train_config
 from deeplab_geo.datasets.labels import Grid, open_labels
 from deeplab_geo.datasets.raleigh import CLASSES, link_scene
-from deeplab_geo.evaluate import evaluate_pipeline
-from deeplab_geo.metrics import IGNORE_INDEX, confusion_matrix, scores
-from deeplab_geo.train import train
+from deeplab_geo.tools.evaluate import evaluate_pipeline
+from deeplab_geo.tools.metrics import IGNORE_INDEX, confusion_matrix, scores
+from deeplab_geo.tools.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "landsat"
@@ -65,7 +65,7 @@ def random_forest(paths: dict[str, Path], trees: int) -> list[dict]:
     from sklearn.ensemble import RandomForestClassifier
 
     with rasterio.open(paths["image"]) as ds:
-        from deeplab_geo import io
+        from deeplab_geo.raster import io
 
         full = Window(0, 0, ds.width, ds.height)
         image, valid = io.read_window(ds, full)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from measure import measure  # benchmarks/measure.py, beside this script
 
-from deeplab_geo.sample import write_sample
+from deeplab_geo.tools.sample import write_sample
 
 
 def corner_vrt(path: Path, size: int, source: Path) -> Path:

@@ -32,8 +32,8 @@ from measure import measure  # benchmarks/measure.py, beside this script
 from rasterio.transform import from_origin
 
 from deeplab_geo.plugins import choose_backend, get_backend
-from deeplab_geo.sample import PIXEL_M, synthesize_scene
-from deeplab_geo.tiling import batched, tile_grid
+from deeplab_geo.raster.tiling import batched, tile_grid
+from deeplab_geo.tools.sample import PIXEL_M, synthesize_scene
 
 TILE, OVERLAP, BATCH = 512, 64, 4
 SCENE = 2048

@@ -24,7 +24,7 @@ from pathlib import Path
 from measure import measure  # benchmarks/measure.py, beside this script
 from scale import corner_vrt
 
-from deeplab_geo.sample import write_sample
+from deeplab_geo.tools.sample import write_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def agreement(work: Path, scene: Path) -> None:
 
     import deeplab_geo.xarray  # noqa: F401 - registers .deeplab
     from deeplab_geo.config import load_pipeline
-    from deeplab_geo.pipeline import run
+    from deeplab_geo.pipeline.runner import run
 
     pipeline = ROOT / "pipelines" / "landcover.yaml"
     config = load_pipeline(pipeline, {"input": scene, "output_dir": work / "agreement"})

@@ -24,12 +24,12 @@ _API = {
     "load_pipeline": "deeplab_geo.config",
     "load_train_config": "deeplab_geo.config",
     "PipelineConfig": "deeplab_geo.config",
-    "run": "deeplab_geo.pipeline",
-    "RunResult": "deeplab_geo.pipeline",
-    "run_batch": "deeplab_geo.batch",
+    "run": "deeplab_geo.pipeline.runner",
+    "RunResult": "deeplab_geo.pipeline.runner",
+    "run_batch": "deeplab_geo.pipeline.batch",
     "segment": "deeplab_geo.xarray",
-    "evaluate_raster": "deeplab_geo.evaluate",
-    "write_sample": "deeplab_geo.sample",
+    "evaluate_raster": "deeplab_geo.tools.evaluate",
+    "write_sample": "deeplab_geo.tools.sample",
     "DeepLabGeoError": "deeplab_geo.errors",
 }
 

@@ -16,10 +16,11 @@ class names and colours in attributes. With a dask-backed input nothing is compu
 the result is computed at once.
 
 The graph is one :func:`dask.array.map_overlap` call. Its output blocks are the cores of the
-tiles :mod:`deeplab_geo.tiling` cuts (one row of tiles high, ``batch_size`` tiles wide), its
+tiles :mod:`deeplab_geo.raster.tiling` cuts (one row of tiles high, ``batch_size`` tiles wide), its
 depth is the largest distance from a core to its tile's edge and its boundary is ``"none"``, so
 each block holds every tile it needs; the block function cuts each tile's window out and hands
-the windows to :func:`deeplab_geo.windows.process_windows`, the code ``deeplab-geo run`` uses.
+the windows to :func:`~deeplab_geo.pipeline.windows.process_windows`, the code ``deeplab-geo run``
+uses.
 The input is rechunked to those blocks first, so its own chunking does not change the result.
 Models are loaded once per process (the backend caches them), so once per worker on a cluster.
 
@@ -45,12 +46,9 @@ import numpy as np
 import xarray as xr
 
 from deeplab_geo import crf as crf_module
-from deeplab_geo import io, tiling
 from deeplab_geo.config import PipelineConfig, load_pipeline, updated
 from deeplab_geo.errors import ConfigError, InputError
-from deeplab_geo.plugins import choose_backend, load_model
-from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, CONFIDENCE_SCALE, Strip
-from deeplab_geo.windows import (
+from deeplab_geo.pipeline.windows import (
     WindowSettings,
     array_window,
     crf_params,
@@ -58,6 +56,9 @@ from deeplab_geo.windows import (
     process_windows,
     window_settings,
 )
+from deeplab_geo.plugins import choose_backend, load_model
+from deeplab_geo.raster import io, tiling
+from deeplab_geo.raster.stitch import CLASS_NODATA, CONFIDENCE_NODATA, CONFIDENCE_SCALE, Strip
 
 __all__ = ["segment", "vectorize", "write", "DeepLabAccessor"]
 
@@ -314,7 +315,7 @@ def write(result: xr.Dataset, output_dir: str | Path, *, stem: str = "segmented"
     Returns:
         The final paths (``classes``, ``confidence``, ``polygons``).
     """
-    from deeplab_geo.stitch import ClassMapWriter
+    from deeplab_geo.raster.stitch import ClassMapWriter
 
     classes = result["classes"]
     confidence = result["confidence"] if "confidence" in result else None

@@ -18,7 +18,7 @@ def test_import_is_cheap_and_every_name_resolves():
     assert out == "[]"
     for name in deeplab_geo.__all__:
         assert getattr(deeplab_geo, name) is not None
-    from deeplab_geo.pipeline import run
+    from deeplab_geo.pipeline.runner import run
     from deeplab_geo.xarray import segment
 
     assert deeplab_geo.run is run and deeplab_geo.segment is segment

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deeplab_geo import tta
 from deeplab_geo.cli import main
 from deeplab_geo.errors import BackendError
 from deeplab_geo.hookspecs import hookimpl
+from deeplab_geo.pipeline import tta
 from deeplab_geo.plugins import (
     choose_backend,
     get_backend,

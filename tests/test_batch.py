@@ -14,9 +14,9 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from deeplab_geo import batch
 from deeplab_geo.cli import main
 from deeplab_geo.errors import InputError, OutputError
+from deeplab_geo.pipeline import batch
 from tests.conftest import two_region_image, write_raster
 
 ROOT = Path(__file__).resolve().parent.parent

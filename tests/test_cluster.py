@@ -10,11 +10,11 @@ import rasterio
 from click.testing import CliRunner
 from distributed import default_client
 
-from deeplab_geo import cluster
 from deeplab_geo.cli import main
 from deeplab_geo.config import validate_pipeline
 from deeplab_geo.errors import ClusterError, ConfigError
-from deeplab_geo.pipeline import run
+from deeplab_geo.pipeline import cluster
+from deeplab_geo.pipeline.runner import run
 from tests.conftest import write_raster
 
 

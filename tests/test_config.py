@@ -80,6 +80,7 @@ def test_a_changed_config_is_validated_again(tmp_path):
     changed = updated(config, {"crf.enabled": False, "model.backend": "torch"})
     assert (changed.crf.enabled, changed.model.backend) == (False, "torch")
     assert changed.input == config.input and changed.tiling == config.tiling
+    assert changed.tiling.model_fields_set == set()  # defaults stay defaults, not given keys
     with pytest.raises(ConfigError, match="tiling.tile_size"):
         updated(config, {"tiling.tile_size": 4})
 

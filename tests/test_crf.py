@@ -279,7 +279,7 @@ def test_pipeline_keeps_nodata_out_of_the_crf(tmp_path, brightest_band, refiner)
     import rasterio
 
     from deeplab_geo.config import validate_pipeline
-    from deeplab_geo.pipeline import run
+    from deeplab_geo.pipeline.runner import run
 
     def classes(raster, name):
         config = validate_pipeline({

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import rasterio
 
-from deeplab_geo.sample import write_sample
+from deeplab_geo.tools.sample import write_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 

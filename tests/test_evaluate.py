@@ -14,9 +14,9 @@ from deeplab_geo.config import CRFSettings, TTASettings
 from deeplab_geo.datasets import SegmentationDataset
 from deeplab_geo.datasets.voc import CLASSES as VOC_CLASSES
 from deeplab_geo.datasets.voc import voc_palette
-from deeplab_geo.evaluate import evaluate_dataset, evaluate_raster
-from deeplab_geo.metrics import boundary_counts, boundary_f_score, confusion_matrix, scores
 from deeplab_geo.models.checkpoint import ModelInfo, build_model, save_checkpoint
+from deeplab_geo.tools.evaluate import evaluate_dataset, evaluate_raster
+from deeplab_geo.tools.metrics import boundary_counts, boundary_f_score, confusion_matrix, scores
 from tests.conftest import write_raster
 from tests.test_datasets import make_chips_scene, make_voc
 

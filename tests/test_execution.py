@@ -14,14 +14,14 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from deeplab_geo import pipeline as pipeline_module
 from deeplab_geo.cli import main
 from deeplab_geo.config import validate_pipeline
 from deeplab_geo.crf import CRFParams
 from deeplab_geo.errors import WorkerError
-from deeplab_geo.pipeline import run
+from deeplab_geo.pipeline import runner as pipeline_module
+from deeplab_geo.pipeline.runner import run
 from deeplab_geo.processes import worker_pool
-from deeplab_geo.stitch import StripAssembler
+from deeplab_geo.raster.stitch import StripAssembler
 from tests.conftest import write_raster
 
 SCENE = 256

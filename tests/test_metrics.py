@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deeplab_geo.metrics import confusion_matrix, scores
+from deeplab_geo.tools.metrics import confusion_matrix, scores
 
 
 def test_confusion_matrix_and_scores_by_hand():
@@ -36,7 +36,7 @@ def test_shapes_must_match():
 
 
 def test_boundary_f_score_tolerates_small_shifts_only():
-    from deeplab_geo.metrics import boundary_counts, boundary_f_score
+    from deeplab_geo.tools.metrics import boundary_counts, boundary_f_score
 
     target = np.zeros((20, 20), np.uint8)
     target[:, 10:] = 1
@@ -50,8 +50,8 @@ def test_boundary_f_score_tolerates_small_shifts_only():
 
 
 def test_block_wise_boundary_counts_equal_whole_array(tmp_path):
-    from deeplab_geo.evaluate import evaluate_raster
-    from deeplab_geo.metrics import boundary_counts, boundary_f_score
+    from deeplab_geo.tools.evaluate import evaluate_raster
+    from deeplab_geo.tools.metrics import boundary_counts, boundary_f_score
     from tests.conftest import write_raster
 
     rng = np.random.default_rng(0)

@@ -8,9 +8,9 @@ import pytest
 import rasterio
 
 from deeplab_geo.config import validate_pipeline
-from deeplab_geo.pipeline import run
+from deeplab_geo.pipeline.runner import run
 from deeplab_geo.plugins import get_backend
-from deeplab_geo.sample import synthesize_scene
+from deeplab_geo.tools.sample import synthesize_scene
 from tests.conftest import write_raster
 
 DEMO = "builtin:landcover-demo"
@@ -40,7 +40,7 @@ def demo_scene(tmp_path_factory):
 def test_auto_overlap_agrees_with_a_whole_image_prediction_even_on_256_px_tiles(
         tmp_path, demo_scene, caplog):
     raster, whole = demo_scene
-    with caplog.at_level(logging.WARNING, logger="deeplab_geo.windows"):
+    with caplog.at_level(logging.WARNING, logger="deeplab_geo.pipeline.windows"):
         result = run(pipeline(tmp_path, raster, tile_size=256))
     windows = result.report["windows"]
     # the demo model reaches 192 px: 384 px of overlap, so 256 px tiles grow to 768
@@ -54,7 +54,7 @@ def test_auto_overlap_agrees_with_a_whole_image_prediction_even_on_256_px_tiles(
 
 def test_an_explicit_overlap_below_the_reach_warns_and_is_used(tmp_path, demo_scene, caplog):
     raster, whole = demo_scene
-    with caplog.at_level(logging.WARNING, logger="deeplab_geo.windows"):
+    with caplog.at_level(logging.WARNING, logger="deeplab_geo.pipeline.windows"):
         result = run(pipeline(tmp_path, raster, tile_size=256, overlap=0))
     assert "tiling.overlap 0 is below the model's reach: it looks 192 px around" in caplog.text
     windows = result.report["windows"]

@@ -8,7 +8,7 @@ import torch
 
 from deeplab_geo.config import validate_pipeline
 from deeplab_geo.hookspecs import hookimpl
-from deeplab_geo.pipeline import run
+from deeplab_geo.pipeline.runner import run
 from deeplab_geo.plugins import get_backend, get_plugin_manager, registered_backends
 from tests.conftest import PixelwisePredictor, write_raster
 
@@ -104,7 +104,7 @@ class SmallCNNPlugin:
 def test_demo_model_tiled_run_agrees_with_one_whole_image_prediction(tmp_path):
     """The demo model (windowed pooling, trimmed taps) with the demo pipeline's tiles."""
     from deeplab_geo.plugins import choose_backend
-    from deeplab_geo.sample import synthesize_scene
+    from deeplab_geo.tools.sample import synthesize_scene
 
     image, _ = synthesize_scene(0, 1536)
     raster = write_raster(tmp_path / "scene.tif", image)

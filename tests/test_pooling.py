@@ -109,7 +109,7 @@ def test_cells_follow_each_pools_stride():
 
 def test_none_restores_global_pooling_and_the_same_logits():
     from deeplab_geo.models.checkpoint import load_checkpoint
-    from deeplab_geo.sample import synthesize_scene
+    from deeplab_geo.tools.sample import synthesize_scene
 
     trained, _ = load_checkpoint("builtin:landcover-demo")
     plain = models.build(DEMO, num_classes=6).eval()
@@ -128,9 +128,9 @@ def test_none_restores_global_pooling_and_the_same_logits():
 
 def test_windowed_model_exports_to_onnx_with_the_same_probabilities(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from deeplab_geo.export import export_onnx_bytes
     from deeplab_geo.models.checkpoint import ModelInfo, build_model, save_checkpoint
     from deeplab_geo.plugins import get_backend
+    from deeplab_geo.tools.export import export_onnx_bytes
 
     torch.manual_seed(0)
     info = ModelInfo(architecture=DEMO, num_classes=3, classes=["a", "b", "c"],

@@ -15,13 +15,13 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 from shapely.geometry import box
 
-from deeplab_geo import io
 from deeplab_geo.config import ChipsDataSettings, TrainConfig
 from deeplab_geo.datasets.chips import RasterChips, split_blocks
 from deeplab_geo.datasets.labels import Grid, grid_shift_px, open_labels
 from deeplab_geo.errors import ConfigError, DatasetError, InputError
-from deeplab_geo.evaluate import evaluate_raster
-from deeplab_geo.train import band_statistics, class_weights, describe_labels, train
+from deeplab_geo.raster import io
+from deeplab_geo.tools.evaluate import evaluate_raster
+from deeplab_geo.tools.train import band_statistics, class_weights, describe_labels, train
 
 NAMES = ["developed", "forest", "water"]
 ORIGIN = (630534.0, 228114.0)  # the Raleigh scene's corner in EPSG:32119 (metres)

@@ -11,8 +11,8 @@ import pytest
 import rasterio
 
 from deeplab_geo.config import validate_pipeline
-from deeplab_geo.io import stack_bands
-from deeplab_geo.pipeline import run
+from deeplab_geo.pipeline.runner import run
+from deeplab_geo.raster.io import stack_bands
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +61,8 @@ def test_landsat_model_trains_on_real_labels_and_travels(tmp_path):
 
     from deeplab_geo.config import load_pipeline, load_train_config
     from deeplab_geo.datasets.raleigh import link_scene
-    from deeplab_geo.evaluate import evaluate_pipeline
-    from deeplab_geo.train import train
+    from deeplab_geo.tools.evaluate import evaluate_pipeline
+    from deeplab_geo.tools.train import train
 
     root = Path(__file__).resolve().parents[1]
     paths = link_scene(tmp_path / "landsat")

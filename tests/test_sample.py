@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deeplab_geo.sample import CLASS_NAMES, synthesize_scene
+from deeplab_geo.tools.sample import CLASS_NAMES, synthesize_scene
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from deeplab_geo.cli import main
 from deeplab_geo.config import load_pipeline
 from deeplab_geo.errors import ConfigError, InputError
-from deeplab_geo.pipeline import run
+from deeplab_geo.pipeline.runner import run
 from tests.conftest import TINY_CLASSES, two_region_image, write_raster
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deeplab_geo.tiling import Span, axis_spans, batched, batches, tile_grid
+from deeplab_geo.raster.tiling import Span, axis_spans, batched, batches, tile_grid
 
 
 @pytest.mark.parametrize("length", [1, 7, 31, 32, 33, 63, 64, 100, 257, 1000, 2049])

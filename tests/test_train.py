@@ -15,7 +15,7 @@ from deeplab_geo.config import TrainConfig, load_train_config
 from deeplab_geo.datasets import SegmentationDataset
 from deeplab_geo.errors import CheckpointError, ConfigError
 from deeplab_geo.models.checkpoint import load_checkpoint
-from deeplab_geo.train import (
+from deeplab_geo.tools.train import (
     CropSampler,
     apply_init,
     freeze_batch_norm,

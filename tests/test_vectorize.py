@@ -13,7 +13,7 @@ from deeplab_geo import processes
 from deeplab_geo.config import VectorizeSettings
 from deeplab_geo.errors import InputError
 from deeplab_geo.processes import worker_pool
-from deeplab_geo.tiling import strip_bounds
+from deeplab_geo.raster.tiling import strip_bounds
 from deeplab_geo.vectorize import label_regions, polygonize, vectorize
 from deeplab_geo.vectorize.geometry import join_pieces
 from deeplab_geo.vectorize.regions import iter_regions

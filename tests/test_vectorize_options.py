@@ -12,7 +12,7 @@ import shapely
 
 from deeplab_geo.config import VectorizeSettings, validate_pipeline
 from deeplab_geo.errors import ConfigError, InputError, OutputError
-from deeplab_geo.pipeline import output_names
+from deeplab_geo.pipeline.runner import output_names
 from deeplab_geo.vectorize import LAYER, SUFFIXES, polygonize, vectorize
 from deeplab_geo.vectorize.small_regions import merge_small_regions
 from tests.conftest import write_raster
@@ -230,7 +230,7 @@ def test_old_keys_still_work_and_output_name_follows_the_format():
 
 def test_pipeline_writes_the_chosen_format(tiny_pipeline):
     from deeplab_geo.config import load_pipeline
-    from deeplab_geo.pipeline import run
+    from deeplab_geo.pipeline.runner import run
 
     config = load_pipeline(tiny_pipeline, {"crf.enabled": False, "quicklook": False,
                                            "vectorize.format": "fgb",

@@ -16,7 +16,7 @@ import deeplab_geo
 import deeplab_geo.xarray as dx
 from deeplab_geo.config import load_pipeline
 from deeplab_geo.errors import InputError
-from deeplab_geo.pipeline import run
+from deeplab_geo.pipeline.runner import run
 from tests.conftest import TINY_CLASSES, write_raster
 
 

@@ -10,10 +10,10 @@ import pytest
 import rasterio
 import torch
 
-from deeplab_geo import resample
 from deeplab_geo.config import validate_pipeline
 from deeplab_geo.errors import CheckpointError, ConfigError
-from deeplab_geo.pipeline import run
+from deeplab_geo.pipeline.runner import run
+from deeplab_geo.raster import resample
 from tests.conftest import write_raster
 
 onnx = pytest.importorskip("onnx")
@@ -227,7 +227,7 @@ def test_resize_rules():
 def test_geographic_rasters_measure_pixels_in_metres_at_their_centre(tmp_path):
     from rasterio.transform import from_origin
 
-    from deeplab_geo import io
+    from deeplab_geo.raster import io
 
     path = tmp_path / "wgs84.tif"
     with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8",

@@ -124,7 +124,7 @@ def show_log_messages() -> None:
 
 
 def tqdm_progress(unit: str) -> Callable[[int], Any]:
-    """A progress factory for :func:`deeplab_geo.pipeline.run`: tiles done, rate, ETA. On a
+    """A progress factory for :func:`deeplab_geo.pipeline.runner.run`: tiles done, rate, ETA. On a
     terminal a bar; elsewhere (CI logs, files) plain lines (:class:`LineProgress`)."""
     if not _is_terminal(sys.stderr):
         return lambda total: LineProgress(total, unit)

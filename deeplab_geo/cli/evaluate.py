@@ -99,8 +99,8 @@ def raster(prediction: Path, labels: Path, class_field: str, layer: str | None, 
            label_values: list[int] | None, input_raster: Path | None,
            json_path: Path | None, md_path: Path | None) -> None:
     """Score the class raster PREDICTION (a deeplab-geo *_classes.tif)."""
-    from deeplab_geo import io
-    from deeplab_geo.evaluate import evaluate_raster
+    from deeplab_geo.raster import io
+    from deeplab_geo.tools.evaluate import evaluate_raster
 
     with io.open_raster(prediction) as ds:
         tag = ds.tags().get("CLASS_NAMES")
@@ -142,7 +142,7 @@ def pipeline(pipeline: Path, labels: Path, crf_mode: str, overrides: tuple[str, 
     input has no data for are not scored)."""
     from deeplab_geo.checkpoints import read_info
     from deeplab_geo.config import load_pipeline
-    from deeplab_geo.evaluate import evaluate_pipeline
+    from deeplab_geo.tools.evaluate import evaluate_pipeline
 
     config = load_pipeline(pipeline, parse_overrides(overrides))
     names = read_info(config.model.checkpoint).classes
@@ -186,8 +186,8 @@ def dataset(config_path: Path | None, kind: str | None, root: Path | None, split
     from deeplab_geo.config import load_dataset_eval_config
     from deeplab_geo.datasets import build
     from deeplab_geo.errors import ConfigError
-    from deeplab_geo.evaluate import evaluate_dataset
     from deeplab_geo.plugins import choose_backend, get_backend
+    from deeplab_geo.tools.evaluate import evaluate_dataset
 
     values = parse_overrides(overrides)
     for key, value in (("data.kind", kind), ("data.root", root), ("evaluate.split", split),

@@ -24,6 +24,6 @@ from deeplab_geo.cli._common import reports_errors
 @reports_errors
 def command(checkpoint: str, out: Path, opset: int) -> None:
     """Export CHECKPOINT (a .safetensors path or builtin:NAME) with normalisation and softmax."""
-    from deeplab_geo.export import export_onnx
+    from deeplab_geo.tools.export import export_onnx
 
     click.echo(export_onnx(checkpoint, out, opset=opset))

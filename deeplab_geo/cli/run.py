@@ -56,8 +56,8 @@ def command(pipeline: Path, input_path: str | None, output_dir: Path | None,
     against the folder that holds it; paths given on the command line resolve against the
     working directory.
     """
-    from deeplab_geo.batch import run_batch
     from deeplab_geo.config import is_url, load_pipeline
+    from deeplab_geo.pipeline.batch import run_batch
 
     values = parse_overrides(overrides)
     if input_path is not None:

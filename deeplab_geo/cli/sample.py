@@ -36,7 +36,7 @@ def command(out_dir: Path, scene: str, seed: int, size: int) -> None:
 
         paths = link_scene(out_dir)
     else:
-        from deeplab_geo.sample import write_sample
+        from deeplab_geo.tools.sample import write_sample
 
         paths = write_sample(out_dir, seed=seed, size=size)
     for path in paths.values():

@@ -57,9 +57,9 @@ def command(rasters: tuple[str, ...], output_dir: Path, checkpoint: str, device:
 
     The pipeline used is printed first, as YAML: save it to rerun with `deeplab-geo run`.
     """
-    from deeplab_geo.batch import run_batch
     from deeplab_geo.cli.run import _echo_outcome
     from deeplab_geo.config import is_url, validate_pipeline
+    from deeplab_geo.pipeline.batch import run_batch
 
     if not quiet and progress_style == "bar":
         show_log_messages()

@@ -26,7 +26,7 @@ def command(out: Path, bands: tuple[Path, ...]) -> None:
     file's nodata value; nothing is copied, the VRT points at the files.
     """
     from deeplab_geo.errors import InputError
-    from deeplab_geo.io import stack_bands
+    from deeplab_geo.raster.io import stack_bands
 
     if out.suffix.lower() != ".vrt":
         raise InputError(f"{out.name}: the stack is a VRT; name it *.vrt")

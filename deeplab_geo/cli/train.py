@@ -38,7 +38,7 @@ def command(config_path: Path, overrides: tuple[str, ...], resume: bool, progres
     is logged every train.log_every steps instead.
     """
     from deeplab_geo.config import load_train_config
-    from deeplab_geo.train import train
+    from deeplab_geo.tools.train import train
 
     values = parse_overrides(overrides)
     if resume:

@@ -103,7 +103,8 @@ def updated(config: _Model, changes: dict[str, Any]) -> _Model:
     Raises:
         ConfigError: the changed config does not validate.
     """
-    data = with_overrides(type(config), config.model_dump(), changes, None)
+    # Only what was set, so that the copy knows which keys a user gave (defaults stay defaults).
+    data = with_overrides(type(config), config.model_dump(exclude_unset=True), changes, None)
     return validate(type(config), data, "changed configuration")
 
 

@@ -78,7 +78,7 @@ class TilingSettings(_Section):
 
     ``overlap: auto`` (the default) takes the model's own: twice its measured reach for
     deeplab-geo models, a zoo model's ``tiles_overlap``; tiles then grow where ``tile_size``
-    cannot hold it (see :func:`deeplab_geo.windows.plan_windows`).
+    cannot hold it (see :func:`deeplab_geo.pipeline.windows.plan_windows`).
     """
 
     tile_size: int = Field(512, ge=16, le=8192)
@@ -258,7 +258,8 @@ class ExecutionSettings(_Section):
 
 class InputSettings(_Section):
     """How ``input`` is read when it is a STAC Item (a ``.json`` file or URL; see
-    :mod:`deeplab_geo.sources`): ``assets`` names the Item's assets that are the model's bands,
+    :mod:`~deeplab_geo.raster.sources`): ``assets`` names the Item's assets that are the model's
+    bands,
     in order (``[B04, B03, B02]``; one multi-band asset gives all its bands). A remote raster
     (``https://``) is read through GDAL's ``/vsicurl/``; ``execution.http_timeout_s`` bounds
     each request."""
@@ -278,7 +279,7 @@ class OutputSettings(_Section):
 
 
 class ClusterSettings(_Section):
-    """A dask.distributed cluster to run on (see :mod:`deeplab_geo.cluster`).
+    """A dask.distributed cluster to run on (see :mod:`deeplab_geo.pipeline.cluster`).
 
     ``address`` names a running scheduler (``tcp://host:8786``); ``local_workers`` starts a
     ``LocalCluster`` of that many worker processes for the run. Neither: local threads. The
@@ -311,7 +312,7 @@ class ClusterSettings(_Section):
 
 
 class BatchSettings(_Section):
-    """Batches (``input`` a folder, glob or list; see :mod:`deeplab_geo.batch`).
+    """Batches (``input`` a folder, glob or list; see :mod:`deeplab_geo.pipeline.batch`).
 
     ``parallel`` inputs run at once (each still uses the execution settings; on this kind of
     2-core machine 1 is fastest, on a cluster more keep its workers busy). ``merge`` writes

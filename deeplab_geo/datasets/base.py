@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplab_geo.errors import DatasetError
-from deeplab_geo.metrics import IGNORE_INDEX
+from deeplab_geo.tools.metrics import IGNORE_INDEX
 
 Sample = tuple[np.ndarray, np.ndarray]
 

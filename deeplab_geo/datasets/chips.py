@@ -17,7 +17,7 @@ Sampling strategy, in full:
 Pixels that are nodata in the raster are ignored (255) too, and set to 0 in the image, as
 inference sets them (a fill value such as -99999 would otherwise reach the model). Images keep
 the raster's bands and data type. ``region`` limits the blocks to a window of the raster.
-Training draws random scaled crops from these chips (see :mod:`deeplab_geo.train`).
+Training draws random scaled crops from these chips (see :mod:`deeplab_geo.tools.train`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from deeplab_geo import io
 from deeplab_geo.datasets.base import Sample, SegmentationDataset, check_sample
 from deeplab_geo.datasets.labels import Grid, open_labels
 from deeplab_geo.errors import DatasetError, InputError
-from deeplab_geo.metrics import IGNORE_INDEX
+from deeplab_geo.raster import io
+from deeplab_geo.tools.metrics import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from deeplab_geo.config import ChipsDataSettings

@@ -23,7 +23,7 @@ from deeplab_geo.datasets.base import (
     read_label_png,
 )
 from deeplab_geo.errors import DatasetError
-from deeplab_geo.metrics import IGNORE_INDEX
+from deeplab_geo.tools.metrics import IGNORE_INDEX
 
 CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
            "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",

@@ -28,10 +28,10 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from deeplab_geo import io
 from deeplab_geo.errors import InputError
-from deeplab_geo.io import Grid  # the grid labels are read on
-from deeplab_geo.metrics import IGNORE_INDEX
+from deeplab_geo.raster import io
+from deeplab_geo.raster.io import Grid  # the grid labels are read on
+from deeplab_geo.tools.metrics import IGNORE_INDEX
 
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
 

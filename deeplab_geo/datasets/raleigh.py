@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from deeplab_geo import io
 from deeplab_geo.errors import InputError
+from deeplab_geo.raster import io
 
 #: The land-cover classes, in the order of their codes 1..7 in ``strata.tif``.
 CLASSES = ["developed", "agriculture", "herbaceous", "shrubland", "forest", "water", "sediment"]

@@ -1,9 +1,9 @@
-"""Generated land-cover scenes (:mod:`deeplab_geo.sample`) as a dataset, held in memory."""
+"""Generated land-cover scenes (:mod:`deeplab_geo.tools.sample`) as a dataset, held in memory."""
 
 from __future__ import annotations
 
 from deeplab_geo.datasets.base import Sample, SegmentationDataset
-from deeplab_geo.sample import CLASS_COLOURS, CLASS_NAMES, PIXEL_M, synthesize_scene
+from deeplab_geo.tools.sample import CLASS_COLOURS, CLASS_NAMES, PIXEL_M, synthesize_scene
 
 
 class SyntheticScenes(SegmentationDataset):

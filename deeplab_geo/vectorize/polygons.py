@@ -22,7 +22,7 @@ from pyproj import CRS
 
 from deeplab_geo.config import VectorizeSettings
 from deeplab_geo.errors import ConfigError, InputError, OutputError
-from deeplab_geo.stitch import Strip
+from deeplab_geo.raster.stitch import Strip
 from deeplab_geo.vectorize.geometry import (
     area_perimeter_m,
     as_multipolygons,
@@ -106,7 +106,7 @@ def vectorize_strips(strips: Iterable[Strip], out: str | Path, *, crs: CRS, tran
     (the pipeline's polygon stage; nothing is read back from disk).
 
     Args:
-        strips: full-width strips in order (see :class:`deeplab_geo.stitch.Strip`); strips
+        strips: full-width strips in order (see :class:`deeplab_geo.raster.stitch.Strip`); strips
             without arrays are all nodata.
         crs, transform, width, height: the raster's grid.
         with_confidence: strips carry confidence values, averaged into ``mean_confidence``

@@ -7,7 +7,7 @@ pixels (and classes that are skipped) belong to no region.
 How it works, for a raster of any size:
 
 1. The raster is read in strips of whole rows, a multiple of the file's block height
-   (:func:`deeplab_geo.tiling.strip_bounds`), so each block is decoded once.
+   (:func:`deeplab_geo.raster.tiling.strip_bounds`), so each block is decoded once.
 2. Each strip is labelled, all classes at once, through runs of pixels
    (:mod:`deeplab_geo.vectorize.labels`); per region the pixel count, ground area and summed
    confidence come from sums over runs. GDAL traces the labels (``rasterio.features.shapes``,
@@ -48,8 +48,8 @@ from scipy.sparse.csgraph import connected_components
 
 from deeplab_geo.errors import InputError
 from deeplab_geo.processes import may_start_processes, worker_pool
-from deeplab_geo.stitch import Strip
-from deeplab_geo.tiling import strip_bounds
+from deeplab_geo.raster.stitch import Strip
+from deeplab_geo.raster.tiling import strip_bounds
 from deeplab_geo.vectorize.geometry import (
     as_multipolygons,
     join_pieces,
@@ -154,7 +154,7 @@ def iter_regions(classes: rasterio.DatasetReader, *, connectivity: int = 8,
         confidence: a raster of the same grid whose band 1 (with its scale and offset) is
             summed per region.
         pixel_areas: ground area (m²) of a pixel in each row (default: 1 per pixel).
-        strip_rows: rows per strip (default: see :func:`deeplab_geo.tiling.strip_bounds`).
+        strip_rows: rows per strip (default: see :func:`deeplab_geo.raster.tiling.strip_bounds`).
         workers: processes that label and trace strips: 1 is this process alone (the least
             memory); from 2, that many helper processes while this one joins (rasters from
             :data:`HELPER_MIN_PIXELS`).

@@ -31,7 +31,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from deeplab_geo.tiling import strip_bounds
+from deeplab_geo.raster.tiling import strip_bounds
 from deeplab_geo.vectorize.labels import label_regions
 
 MAX_ROUNDS = 16

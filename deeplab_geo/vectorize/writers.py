@@ -31,7 +31,7 @@ from pyproj import CRS
 
 from deeplab_geo.errors import OutputError
 from deeplab_geo.files import atomic_path
-from deeplab_geo.io import user_folder, write_failure_cause
+from deeplab_geo.raster.io import user_folder, write_failure_cause
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".geojson": "GeoJSON", ".json": "GeoJSON",
            ".parquet": "GeoParquet"}

@@ -3,7 +3,7 @@
 The model graph (from ``deeplab-geo export-onnx``) takes raw pixels and returns probabilities,
 so a predictor is a thin wrapper around ONNX Runtime sessions. A ``.safetensors`` or ``.pth``
 checkpoint is exported to ONNX once and kept in the cache folder (see
-:func:`deeplab_geo.export.cached_onnx`), so later runs load it without importing torch.
+:func:`deeplab_geo.tools.export.cached_onnx`), so later runs load it without importing torch.
 
 On the CPU, ONNX Runtime's threads inside one operator leave much of a core idle on the small
 convolutions of MobileNet-style models; a batch is therefore split across ``streams`` sessions
@@ -127,7 +127,7 @@ def _load_cached(checkpoint: str, device: str, metadata: str) -> OnnxPredictor |
     if checkpoint.endswith(".onnx"):
         model, info = checkpoint, read_info(checkpoint)
     else:
-        from deeplab_geo.export import cached_onnx
+        from deeplab_geo.tools.export import cached_onnx
 
         model, info = cached_onnx(checkpoint)
     providers = providers_for(device)

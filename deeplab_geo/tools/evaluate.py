@@ -18,13 +18,14 @@ import rasterio
 from rasterio.windows import Window
 
 from deeplab_geo import crf as crf_module
-from deeplab_geo import io, tta
 from deeplab_geo.config import CRFSettings, PipelineConfig, TTASettings, updated
 from deeplab_geo.datasets import SegmentationDataset
 from deeplab_geo.datasets.labels import Grid, open_labels
 from deeplab_geo.errors import InputError
 from deeplab_geo.hookspecs import Predictor
-from deeplab_geo.metrics import (
+from deeplab_geo.pipeline import tta
+from deeplab_geo.raster import io
+from deeplab_geo.tools.metrics import (
     IGNORE_INDEX,
     Scores,
     boundary_counts,
@@ -137,7 +138,7 @@ def evaluate_pipeline(config: PipelineConfig, labels: Path,
 
     Only the class raster is produced (no polygons, no quicklook), in a temporary folder.
     """
-    from deeplab_geo.pipeline import run
+    from deeplab_geo.pipeline.runner import run
 
     results = []
     with tempfile.TemporaryDirectory(prefix="deeplab-geo-eval-") as tmp:
@@ -167,7 +168,7 @@ def evaluate_dataset(predictor: Predictor, dataset: SegmentationDataset, num_cla
         predictor: any backend's predictor (``predict(tiles) -> probabilities``).
         dataset: the split (:mod:`deeplab_geo.datasets`).
         num_classes: classes scored.
-        tta: multi-scale and flip inference (:func:`deeplab_geo.tta.predict`).
+        tta: multi-scale and flip inference (:func:`deeplab_geo.pipeline.tta.predict`).
         crf: dense CRF settings, used for the ``True`` entries of ``crf_modes``.
         crf_modes: which results to produce: without the CRF (``False``), with it (``True``);
             the network runs once per image for both.

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from rasterio.enums import Resampling
 
 from deeplab_geo.crf import ColourMapping, colour_features
-from deeplab_geo.stitch import CLASS_NODATA
+from deeplab_geo.raster.stitch import CLASS_NODATA
 
 _MAX_SIDE = 1024
 _LEGEND_ROW = 22

@@ -13,7 +13,7 @@ A pipeline's ``input`` may be
 Either way the run reads a small VRT written to a temporary folder, named after the URL's file
 (or the Item's id) so outputs are named as for a local file. ``execution.http_timeout_s``
 bounds every HTTP request, and a server that fails or stalls gives one line naming the URL.
-The STAC Item a run writes about its outputs is :mod:`deeplab_geo.stac`'s.
+The STAC Item a run writes about its outputs is :mod:`deeplab_geo.raster.stac`'s.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from deeplab_geo import io
 from deeplab_geo.config import PipelineConfig, is_url, updated
 from deeplab_geo.errors import ConfigError, InputError
+from deeplab_geo.raster import io
 
 
 @dataclass(frozen=True)

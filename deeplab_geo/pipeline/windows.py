@@ -7,7 +7,7 @@ ground sampling distance, see ``model.resolution``). Tiling, the CRF and the mod
 the model's resolution; each window is read on the raster's grid, resampled to the model's
 (area averaging when shrinking, bilinear when enlarging), predicted and refined there, and its
 probabilities are resampled back, so the class raster stays on the input grid and the cores
-of :mod:`deeplab_geo.tiling` still partition it exactly.
+of :mod:`deeplab_geo.raster.tiling` still partition it exactly.
 
 :func:`process_windows` does that for one batch of windows and returns their cores; the file
 pipeline reads them from a raster (:func:`process_batch`), the xarray accessor
@@ -25,12 +25,13 @@ import numpy as np
 import rasterio
 
 from deeplab_geo import crf as crf_module
-from deeplab_geo import io, resample, tiling, tta
 from deeplab_geo.checkpoints import ModelInfo
 from deeplab_geo.config import PipelineConfig, TTASettings
 from deeplab_geo.errors import ConfigError
+from deeplab_geo.pipeline import tta
 from deeplab_geo.plugins import load_model
-from deeplab_geo.stitch import CLASS_NODATA, CONFIDENCE_NODATA, TileCore, confidence_percent
+from deeplab_geo.raster import io, resample, tiling
+from deeplab_geo.raster.stitch import CLASS_NODATA, CONFIDENCE_NODATA, TileCore, confidence_percent
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ class WindowPlan:
         raster_m, model_m: pixel size of the raster and of the model on the ground (metres;
             ``model_m`` is ``raster_m`` when the model runs at the raster's resolution).
         source: where the model's resolution came from.
-        align: tiles start at multiples of this many raster pixels (see :mod:`deeplab_geo.tiling`).
+        align: tiles start at multiples of this many raster pixels (see
+        :mod:`~deeplab_geo.raster.tiling`).
         overlap_source: where the overlap came from.
     """
 
@@ -206,7 +208,7 @@ class TileJob:
 
 def crf_params(config: PipelineConfig, plan: WindowPlan, ds: Any) -> crf_module.CRFParams | None:
     """The pipeline's CRF parameters in model pixels (the CRF works at the model's resolution),
-    or ``None`` with the CRF off. ``ds`` is a raster (or :class:`deeplab_geo.io.Grid`)."""
+    or ``None`` with the CRF off. ``ds`` is a raster (or :class:`deeplab_geo.raster.io.Grid`)."""
     if not config.crf.enabled:
         return None
     metres = config.crf.spatial_units == "metres"
@@ -238,7 +240,7 @@ def process_batch(job: TileJob) -> list[TileCore]:
 
 def array_window(data: np.ndarray, nodata: float | None, needed: tuple[slice, slice]) -> Read:
     """The :data:`Read` of a window held in memory (``data``: ``(bands, h, w)``), with the rule
-    of :func:`deeplab_geo.io.read_window`: a pixel is valid where no band holds ``nodata``
+    of :func:`deeplab_geo.raster.io.read_window`: a pixel is valid where no band holds ``nodata``
     (NaN counts as nodata for float data)."""
     valid = np.ones(data.shape[-2:], bool)
     if data.dtype.kind == "f":
@@ -299,7 +301,7 @@ def process_windows(settings: WindowSettings, tiles: list[tiling.Tile], reads: l
 def _pad_to(batch: np.ndarray, align: int) -> np.ndarray:
     """A batch padded at its bottom and right, by repeating the edge, to multiples of ``align``.
 
-    Tiles start at multiples of ``align`` (:mod:`deeplab_geo.tiling`); padding each to a
+    Tiles start at multiples of ``align`` (:mod:`deeplab_geo.raster.tiling`); padding each to a
     multiple too puts every one, the cut-off last tiles included, on the same grid of strides
     and pooling cells as the whole raster padded once, so a model sees the same padding at the
     raster's far edges whichever tile holds them.

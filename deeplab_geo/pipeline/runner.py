@@ -38,16 +38,24 @@ import rasterio
 from dask.callbacks import Callback
 
 import deeplab_geo
-from deeplab_geo import cluster as cluster_module
 from deeplab_geo import crf as crf_module
-from deeplab_geo import io, sources, stac, tiling
 from deeplab_geo.checkpoints import ModelInfo
 from deeplab_geo.config import PipelineConfig, updated
 from deeplab_geo.errors import InputError
+from deeplab_geo.pipeline import cluster as cluster_module
+from deeplab_geo.pipeline.windows import (
+    TileJob,
+    WindowPlan,
+    crf_params,
+    plan_windows,
+    process_batch,
+    window_settings,
+)
 from deeplab_geo.plugins import choose_backend, load_model
 from deeplab_geo.processes import trim_heap
-from deeplab_geo.quicklook import render_quicklook
-from deeplab_geo.stitch import (
+from deeplab_geo.raster import io, sources, stac, tiling
+from deeplab_geo.raster.quicklook import render_quicklook
+from deeplab_geo.raster.stitch import (
     CLASS_NODATA,
     CONFIDENCE_SCALE,
     ClassMapWriter,
@@ -56,14 +64,6 @@ from deeplab_geo.stitch import (
     TileCore,
 )
 from deeplab_geo.vectorize import SUFFIXES, vectorize, vectorize_strips
-from deeplab_geo.windows import (
-    TileJob,
-    WindowPlan,
-    crf_params,
-    plan_windows,
-    process_batch,
-    window_settings,
-)
 
 ProgressFactory = Callable[[int], Any]
 

@@ -2,10 +2,11 @@
 finished as Cloud Optimized GeoTIFFs.
 
 Each tile is predicted with context on all sides and only its core (see
-:mod:`deeplab_geo.tiling`) is kept. Cores partition the raster, so the mosaic has no seams and
+:mod:`~deeplab_geo.raster.tiling`) is kept. Cores partition the raster, so the mosaic has no seams
+and
 no pixel is written twice. Cores may arrive in any order (a cluster returns them as they are
 done); :class:`StripAssembler` hands out each strip of full-width rows (whole blocks, see
-:func:`deeplab_geo.tiling.strip_bounds`) as soon as every core that covers it has arrived, in
+:func:`deeplab_geo.raster.tiling.strip_bounds`) as soon as every core that covers it has arrived, in
 top-to-bottom order. A strip is written once, at full resolution and into every overview level
 (:class:`_Pyramid`), and then goes on to the polygon stage, so nothing waits for the whole raster
 and nothing scene-sized is held in memory.
@@ -37,8 +38,8 @@ import rasterio
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
-from deeplab_geo import io
-from deeplab_geo.tiling import Span, Tile, strip_bounds
+from deeplab_geo.raster import io
+from deeplab_geo.raster.tiling import Span, Tile, strip_bounds
 
 CLASS_NODATA = 255
 CONFIDENCE_NODATA = 255
@@ -85,7 +86,7 @@ class StripAssembler:
         grid: every tile of the raster (cores partition it).
         height, width: the raster's size.
         strip_rows: rows per strip (default: whole blocks, see
-            :func:`deeplab_geo.tiling.strip_bounds`).
+            :func:`deeplab_geo.raster.tiling.strip_bounds`).
 
     A strip's arrays are allocated when its first core with data arrives and released when it
     is returned; strips without any data never get arrays. With cores arriving roughly in

@@ -304,8 +304,8 @@ def write_sample(out_dir: str | Path, *, seed: int = 0, size: int = 2048) -> dic
     The GeoTIFFs are tiled (256 px) and deflate-compressed, in EPSG:32633 at 0.5 m. Files are
     staged and published together: nothing is left behind if writing fails.
     """
-    from deeplab_geo import io
     from deeplab_geo.config import VectorizeSettings
+    from deeplab_geo.raster import io
     from deeplab_geo.vectorize import polygonize, write_polygons
 
     out_dir = Path(out_dir)

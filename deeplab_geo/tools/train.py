@@ -40,7 +40,6 @@ from deeplab_geo.datasets import SegmentationDataset, build
 from deeplab_geo.datasets.voc import voc_palette
 from deeplab_geo.devices import torch_device
 from deeplab_geo.errors import CheckpointError, ConfigError, DatasetError
-from deeplab_geo.metrics import IGNORE_INDEX
 from deeplab_geo.models.checkpoint import (
     ModelInfo,
     build_model,
@@ -52,6 +51,7 @@ from deeplab_geo.models.checkpoint import (
     save_checkpoint,
 )
 from deeplab_geo.models.reach import measure_reach, trim_unreached_taps
+from deeplab_geo.tools.metrics import IGNORE_INDEX
 
 DEFAULT_ARCHITECTURE = "deeplabv3_lite_mobilenet_v3_small"
 logger = logging.getLogger(__name__)
@@ -572,7 +572,7 @@ def validate(model: nn.Module, info: ModelInfo, config: TrainConfig, device: tor
              log: Callable[[str], None]) -> float | None:
     """mIoU of the trained model on the validation split (plain inference), or ``None``."""
     from deeplab_geo.backends.torch_backend import TorchPredictor
-    from deeplab_geo.evaluate import evaluate_dataset
+    from deeplab_geo.tools.evaluate import evaluate_dataset
 
     data = config.data
     if (data.kind == "synthetic" and not data.val_seeds) or \

@@ -16,7 +16,7 @@ that share a name in different folders never overwrite each other, and names nev
 ``output_dir/manifest.json`` records every finished input (its config hash, the input's size
 and modification time, its outputs); a rerun skips those unless ``--force``, so an interrupted
 batch (Ctrl-C, ``kill``, a crash) resumes where it stopped. Outputs are published atomically
-per input (see :func:`deeplab_geo.io.staged_outputs`), so an interrupted input leaves only a
+per input (see :func:`deeplab_geo.raster.io.staged_outputs`), so an interrupted input leaves only a
 hidden staging folder, which the next run removes; the final outputs are the same as an
 uninterrupted run's. A failing input is recorded with its error and the batch goes on; the
 command exits non-zero when any input failed, and a rerun retries it. One run at a time may
@@ -51,7 +51,7 @@ from deeplab_geo.checkpoints import metadata_path, resolve
 from deeplab_geo.config import PipelineConfig, updated
 from deeplab_geo.errors import DeepLabGeoError, InputError, OutputError
 from deeplab_geo.files import atomic_path, write_atomic
-from deeplab_geo.io import STAGING_PREFIX, writing
+from deeplab_geo.raster.io import STAGING_PREFIX, writing
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,8 @@ def run_batch(config: PipelineConfig, *, force: bool = False,
     Args:
         config: a validated pipeline.
         force: redo inputs the manifest records as finished.
-        progress: tile progress factory for each input (see :func:`deeplab_geo.pipeline.run`);
+        progress: tile progress factory for each input (see
+            :func:`~deeplab_geo.pipeline.runner.run`);
             used only when inputs run one at a time.
         on_outcome: called with ``(index, total, outcome)`` as each input ends.
 
@@ -273,7 +274,7 @@ def run_batch(config: PipelineConfig, *, force: bool = False,
         DeepLabGeoError: for a single raster, its error (nothing is written); for a batch,
             only errors that stop the whole batch (no input matched, output directory).
     """
-    from deeplab_geo.pipeline import run
+    from deeplab_geo.pipeline.runner import run
 
     batch = is_batch(config.input)
     items = plan(resolve_inputs(config.input), config.output_dir, batch=batch)

@@ -15,7 +15,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from deeplab_geo.sources import Origin
+from deeplab_geo.raster.sources import Origin
 
 _MEDIA = {
     ".tif": "image/tiff; application=geotiff; profile=cloud-optimized",
