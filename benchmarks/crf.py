@@ -93,7 +93,7 @@ def main() -> None:
     labels_of: dict[str, np.ndarray] = {}
     for _ in range(args.repeat):
         for name, run_settings, processes in runs:
-            lattice._grid_lattice.cache_clear()
+            lattice.forget_lattices()
             if run_settings.device == "cuda":
                 timed(pairs[:1], run_settings, 1)  # CUDA context and kernels, not timed
             refined, seconds = timed(pairs, run_settings, processes)

@@ -39,9 +39,13 @@ __all__ = ["__version__", "shutdown", *_API]
 def shutdown() -> None:
     """Stop this process's helper processes and forget its loaded models (tests, benchmarks
     and long-lived hosts call it between jobs; the next run starts them again)."""
+    import sys
+
     from deeplab_geo import plugins, processes
 
     processes.shutdown()
+    if "deeplab_geo.crf.lattice" in sys.modules:  # without importing torch where it is not
+        sys.modules["deeplab_geo.crf.lattice"].forget_lattices()
     for entry in plugins.registered_backends().values():
         release = getattr(entry.backend, "release", None)
         if callable(release):

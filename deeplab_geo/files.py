@@ -1,10 +1,11 @@
-"""Files written whole or not at all: written under a temporary name in the same folder, then
-renamed over the final name (``os.replace`` is atomic within a file system), so a reader never
-sees half a file and a failed write leaves nothing behind."""
+"""Files (and folders) written whole or not at all: written under a temporary name in the same
+folder, then renamed over the final name (``os.replace`` is atomic within a file system), so a
+reader never sees half a file and a failed write leaves nothing behind."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,18 +20,28 @@ def atomic_path(path: str | Path, *, fixed: bool = False) -> Iterator[Path]:
     The temporary name keeps the suffix (``.model.1a2b3c4d.tmp.gpkg``), so that writers which
     pick a format by extension pick the right one. It is unique, unless ``fixed`` (for a file
     one writer at a time writes, under a lock): then it is always the same
-    (``.model.tmp.gpkg``), and one that a killed run left is removed first.
+    (``.model.tmp.gpkg``), and one that a killed run left is removed first. The block may make a
+    folder there instead of a file; it replaces a folder of the final name.
     """
     path = Path(path)
     tag = "" if fixed else f".{uuid.uuid4().hex[:8]}"
     tmp = path.with_name(f".{path.stem}{tag}.tmp{path.suffix}")
     if fixed:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
     try:
         yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_atomic(path: str | Path, data: str | bytes, *, fixed: bool = False) -> Path:

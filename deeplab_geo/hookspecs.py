@@ -24,6 +24,11 @@ A predictor is any object with (typed as :class:`Predictor`):
 * ``predict(tiles) -> probabilities``: ``tiles`` is a float32 array ``(B, bands, H, W)`` of raw
   pixel values (the predictor normalises them); the result is a float32 array
   ``(B, num_classes, H, W)`` of class probabilities that sum to 1 over the class axis.
+
+Helpers for predictors: :func:`checked_tiles` (the shape check and dtype every backend needs)
+and :func:`normalized_tiles` (that, normalised as the checkpoint's metadata says, for backends
+that compute in NumPy; :meth:`~deeplab_geo.checkpoints.ModelInfo.input_statistics` gives the
+mean and std for those that normalise on a device themselves).
 """
 
 from __future__ import annotations
@@ -59,6 +64,28 @@ class Backend(Protocol):
     def load(self, checkpoint: str, *, device: str = "auto") -> Predictor:
         """Load a model once per process and return its predictor."""
         ...
+
+
+def checked_tiles(tiles: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """``tiles`` as a C-contiguous float32 ``(B, bands, H, W)`` array.
+
+    Raises:
+        BackendError: not four axes, or not the model's band count.
+    """
+    import numpy as np
+
+    from deeplab_geo.errors import BackendError
+
+    if tiles.ndim != 4 or tiles.shape[1] != info.in_channels:
+        raise BackendError(f"expected tiles of shape (B, {info.in_channels}, H, W), "
+                           f"got {tiles.shape}")
+    return np.ascontiguousarray(tiles, dtype=np.float32)
+
+
+def normalized_tiles(tiles: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """:func:`checked_tiles`, normalised: ``(tiles - mean) / std`` per band, float32."""
+    mean, std = info.input_statistics()
+    return (checked_tiles(tiles, info) - mean) / std
 
 
 hookspec = pluggy.HookspecMarker("deeplab_geo")

@@ -10,7 +10,7 @@ from typing import Any
 import pluggy
 
 from deeplab_geo import hookspecs
-from deeplab_geo.devices import cuda_device_count
+from deeplab_geo.devices import resolve_device
 from deeplab_geo.errors import BackendError
 from deeplab_geo.hookspecs import Backend, Predictor
 
@@ -72,8 +72,7 @@ AUTO = "auto"
 
 def device_type(device: str) -> str:
     """``"cuda"`` or ``"cpu"`` for a ``model.device`` value (``auto``: CUDA when usable)."""
-    return ("cuda" if cuda_device_count() > 0 else "cpu") if device == AUTO \
-        else device.split(":", 1)[0]
+    return (resolve_device(AUTO) if device == AUTO else device).split(":", 1)[0]
 
 
 def choose_backend(name: str, device: str, pm: pluggy.PluginManager | None = None) -> str:

@@ -84,7 +84,7 @@ def test_keys_wider_than_one_sort_word_group_the_same():
 
 def test_grid_lattice_is_cached_per_shape():
     image, probs, _ = noisy_scene()
-    crf_torch._grid_lattice.cache_clear()
+    crf_torch.forget_lattices()
     refine(probs, image, TORCH)
     refine(probs[:, :20], np.ascontiguousarray(image[:20]), TORCH)
     refine(probs, image, TORCH)

@@ -17,8 +17,7 @@ import numpy as np
 
 from deeplab_geo.checkpoints import ModelInfo, resolve
 from deeplab_geo.devices import resolve_device
-from deeplab_geo.errors import BackendError
-from deeplab_geo.hookspecs import Backend, Predictor, hookimpl
+from deeplab_geo.hookspecs import Backend, Predictor, checked_tiles, hookimpl
 
 
 class TorchPredictor(Predictor):
@@ -41,10 +40,7 @@ class TorchPredictor(Predictor):
         """Class probabilities ``(B, C, H, W)`` float32 for raw tiles ``(B, bands, H, W)``."""
         import torch
 
-        if tiles.ndim != 4 or tiles.shape[1] != self.info.in_channels:
-            raise BackendError(f"expected tiles of shape (B, {self.info.in_channels}, H, W), "
-                               f"got {tiles.shape}")
-        batch = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))
+        batch = torch.from_numpy(checked_tiles(tiles, self.info))
         cuda = self.device.type == "cuda"
         if cuda:
             batch = batch.pin_memory()

@@ -182,6 +182,12 @@ def _grid_lattice(height: int, width: int, theta: float, device: str) -> Permuto
     return _lattice(position_features(height, width, theta), torch.device(device))
 
 
+
+def forget_lattices() -> None:
+    """Drop the Gaussian lattices kept per tile shape (:func:`deeplab_geo.shutdown` calls it)."""
+    _grid_lattice.cache_clear()
+
+
 def _enclosing_simplex(features: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per point: remainder-0 lattice point, rank of each axis, barycentric weights (densecrf).

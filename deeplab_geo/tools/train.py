@@ -40,6 +40,7 @@ from deeplab_geo.datasets import SegmentationDataset, build
 from deeplab_geo.datasets.voc import voc_palette
 from deeplab_geo.devices import torch_device
 from deeplab_geo.errors import CheckpointError, ConfigError, DatasetError
+from deeplab_geo.files import atomic_path
 from deeplab_geo.models.checkpoint import (
     ModelInfo,
     build_model,
@@ -616,9 +617,16 @@ def save_state(folder: Path, step: int, model: nn.Module, info: ModelInfo,
     optimizer's tensors as safetensors and everything else as JSON. Written to a hidden folder
     and renamed, so a checkpoint is complete or absent."""
     final = folder / f"step_{step:08d}"
-    staging = folder / f".step_{step:08d}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(final, fixed=True) as staging:
+        staging.mkdir()
+        _write_state(staging, step, model, info, optimizer, scaler, running, config)
+    return final
+
+
+def _write_state(staging: Path, step: int, model: nn.Module, info: ModelInfo,
+                 optimizer: torch.optim.Optimizer, scaler: Any, running: float | None,
+                 config: TrainConfig) -> None:
     save_checkpoint(model, ModelInfo(**{**asdict(info), "training": {"step": step}}),
                     staging / "model.safetensors")
     tensors, scalars = {}, {}
@@ -634,9 +642,6 @@ def save_state(folder: Path, step: int, model: nn.Module, info: ModelInfo,
              "param_groups": optimizer.state_dict()["param_groups"], "optimizer_scalars":
              scalars, "scaler": scaler.state_dict() if scaler is not None else None}
     (staging / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    staging.replace(final)
-    return final
 
 
 def prune_states(folder: Path, keep: int) -> None:

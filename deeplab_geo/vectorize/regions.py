@@ -258,8 +258,8 @@ HELPER_MIN_PIXELS = 1 << 24
 """Rasters from this many pixels (16 Mpx) get helper processes; below, starting one costs more
 than it saves."""
 
-_LOOKAHEAD = 4  # strips computed ahead of the one being joined, at most
-_DENSE_LOOKAHEAD = 2  # the same once a strip had more than _DENSE_REGIONS regions (noise):
+_LOOKAHEAD = 3  # strips given to the helpers beyond the one being joined, at most
+_DENSE_LOOKAHEAD = 1  # the same once a strip had more than _DENSE_REGIONS regions (noise):
 _DENSE_REGIONS = 100_000  # then each strip's polygons take hundreds of MB
 
 
@@ -271,9 +271,9 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
     GDAL's tracing holds the GIL, so threads cannot share it: with ``workers > 1`` and a large
     raster, ``workers`` helper processes (:mod:`deeplab_geo.processes`: started once, kept for
     the process's life, replaced if one dies) open the rasters themselves and label and trace
-    strips while this process joins them. At most ``_LOOKAHEAD`` strips are computed ahead of
-    the one being joined, fewer once strips turn out to hold very many regions (a noisy
-    raster), whose polygons take much memory.
+    strips while this process joins them. At most ``_LOOKAHEAD`` strips are computed beyond
+    the one being joined, one once strips turn out to hold very many regions (a noisy raster),
+    whose polygons take much memory.
     """
     if not _helpers_apply(classes, confidence, len(bounds), workers):
         for row0, row1 in bounds:

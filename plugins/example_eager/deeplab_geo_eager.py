@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deeplab_geo.hookspecs import Backend, Predictor, hookimpl
+from deeplab_geo.hookspecs import Backend, Predictor, hookimpl, normalized_tiles
 from deeplab_geo.models.checkpoint import ModelInfo, load_checkpoint
 
 
@@ -22,11 +22,10 @@ class EagerPredictor(Predictor):
 
     def __init__(self, checkpoint: str) -> None:
         self.model, self.info = load_checkpoint(checkpoint)  # safe formats only
-        self.mean, self.std = self.info.input_statistics()  # (1, bands, 1, 1), raw pixel units
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         """(B, bands, H, W) raw pixels -> (B, classes, H, W) probabilities summing to 1."""
-        x = torch.from_numpy(((tiles - self.mean) / self.std).astype(np.float32))
+        x = torch.from_numpy(normalized_tiles(tiles, self.info))  # checked, normalised
         with torch.inference_mode():
             return torch.softmax(self.model(x)["out"], dim=1).numpy()
 

@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from deeplab_geo.checkpoints import ModelInfo, read_info, resolve
 from deeplab_geo.errors import BackendError
-from deeplab_geo.hookspecs import Backend, Predictor, hookimpl
+from deeplab_geo.hookspecs import Backend, Predictor, checked_tiles, hookimpl
 from deeplab_geo_onnx.zoo import ZooPredictor, is_zoo_model, read_zoo_model
 
 __version__ = "0.1.0"
@@ -55,10 +55,7 @@ class OnnxPredictor(Predictor):
         self._lock = threading.Lock()
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
-        if tiles.ndim != 4 or tiles.shape[1] != self.info.in_channels:
-            raise BackendError(f"expected tiles of shape (B, {self.info.in_channels}, H, W), "
-                               f"got {tiles.shape}")
-        pixels = np.ascontiguousarray(tiles, dtype=np.float32)
+        pixels = checked_tiles(tiles, self.info)
         if self.streams == 1 or len(pixels) == 1:
             return _run(self._whole, pixels)
         sessions, pool = self._split_sessions()

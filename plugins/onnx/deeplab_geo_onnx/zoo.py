@@ -33,7 +33,7 @@ import numpy as np
 from deeplab_geo.checkpoints import ModelInfo
 from deeplab_geo.datasets.voc import voc_palette
 from deeplab_geo.errors import CheckpointError
-from deeplab_geo.hookspecs import Predictor
+from deeplab_geo.hookspecs import Predictor, checked_tiles, normalized_tiles
 
 METADATA_KEYS = ("model_type", "class_names", "names", "resolution", "tiles_size", "tile_size",
                  "tiles_overlap", "standardization_mean", "standardization_std", "seg_thresh",
@@ -209,14 +209,11 @@ class ZooPredictor(Predictor):
 
     def __init__(self, session: Any, info: ModelInfo, spec: ZooSpec) -> None:
         self.session, self.info, self.spec = session, info, spec
-        self._mean, self._std = info.input_statistics()
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         from deeplab_geo.errors import BackendError
 
-        if tiles.ndim != 4 or tiles.shape[1] != self.info.in_channels:
-            raise BackendError(f"expected tiles of shape (B, {self.info.in_channels}, H, W), "
-                               f"got {tiles.shape}")
+        checked_tiles(tiles, self.info)
         height, width = tiles.shape[-2:]
         pixels = self._prepare(tiles)
         if self.spec.size is not None:
@@ -242,7 +239,7 @@ class ZooPredictor(Predictor):
     def _prepare(self, tiles: np.ndarray) -> np.ndarray:
         if self.spec.input_dtype.kind != "f":
             return np.ascontiguousarray(tiles.astype(self.spec.input_dtype))
-        values = (tiles.astype(np.float32) - self._mean) / self._std
+        values = normalized_tiles(tiles, self.info)
         return np.ascontiguousarray(values.astype(self.spec.input_dtype))
 
     def _probabilities(self, scores: np.ndarray) -> np.ndarray:
