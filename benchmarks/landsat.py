@@ -34,7 +34,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from deeplab_geo.config import load_pipeline, load_train_config
+from deeplab_geo.config import load_pipeline, load_train_config, updated
 from deeplab_geo.datasets.labels import Grid, open_labels
 from deeplab_geo.datasets.raleigh import CLASSES, link_scene
 from deeplab_geo.tools.evaluate import evaluate_pipeline
@@ -105,7 +105,7 @@ def deeplab(config_path: Path, reuse: bool, crf_settings: list[dict]) -> list[di
     out = []
     label = "raster labels" if config.data.labels.suffix != ".shp" else "polygons"
     for crf in crf_settings:
-        cfg = pipeline.model_copy(update={"crf": pipeline.crf.model_copy(update=crf)})
+        cfg = updated(pipeline, {f"crf.{key}": value for key, value in crf.items()})
         result = evaluate_pipeline(cfg, DATA / "strata.vrt", (crf.get("enabled", True),),
                                    window=window, label_values=VALUES)[0]
         name = f"deeplab-geo, {label}, " + ("no CRF" if not crf.get("enabled", True) else

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from deeplab_geo.config import validate_pipeline
+from deeplab_geo.config import updated, validate_pipeline
 from deeplab_geo.pipeline.runner import run
 from deeplab_geo.raster.io import stack_bands
 
@@ -94,7 +94,7 @@ def test_landsat_model_trains_on_real_labels_and_travels(tmp_path):
     with rasterio.open(crop, "w", driver="GTiff", width=width, height=height, count=6,
                        dtype="uint8", nodata=0, crs=src.crs, transform=transform) as dst:
         dst.write(data)
-    moved = run(pipeline.model_copy(update={"input": crop, "output_dir": tmp_path / "crop"}))
+    moved = run(updated(pipeline, {"input": crop, "output_dir": tmp_path / "crop"}))
     assert moved.report["windows"]["raster_m_per_px"] == pytest.approx(30.0)
     with rasterio.open(moved.outputs["classes"]) as ds, \
             rasterio.open(full.outputs["classes"]) as ref:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from deeplab_geo.cli import main
-from deeplab_geo.config import TrainConfig, load_train_config
+from deeplab_geo.config import TrainConfig, load_train_config, updated
 from deeplab_geo.datasets import SegmentationDataset
 from deeplab_geo.errors import CheckpointError, ConfigError
 from deeplab_geo.models.checkpoint import load_checkpoint
@@ -126,8 +126,7 @@ def test_resume_ends_with_the_same_weights(tmp_path, optimizer):
     _train_until(interrupted, 3)  # killed during step 3: the step-2 checkpoint is the newest
     folder = tmp_path / "b" / "out" / "model.checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["step_00000002"]
-    resumed = interrupted.model_copy(update={"train": interrupted.train.model_copy(
-        update={"resume": True})})
+    resumed = updated(interrupted, {"train.resume": True})
     logs: list[str] = []
     result = train(resumed, log=logs.append)
     assert result.resumed_from == 2 and any("resumed from" in line for line in logs)
@@ -164,12 +163,10 @@ def _train_until(config: TrainConfig, stop: int) -> None:
 def test_resume_refuses_changed_settings_and_missing_checkpoints(tmp_path):
     config = _voc_config(tmp_path, 2)
     with pytest.raises(ConfigError, match="no checkpoint"):
-        train(config.model_copy(update={"train": config.train.model_copy(
-            update={"resume": True})}), log=lambda _: None)
+        train(updated(config, {"train.resume": True}), log=lambda _: None)
     train(config, log=lambda _: None)
-    changed = config.train.model_copy(update={"resume": True, "lr": 0.5})
     with pytest.raises(ConfigError, match="different train.lr"):
-        train(config.model_copy(update={"train": changed}), log=lambda _: None)
+        train(updated(config, {"train.resume": True, "train.lr": 0.5}), log=lambda _: None)
 
 
 def test_fine_tune_chips_from_a_checkpoint_via_the_cli(tmp_path, tiny_checkpoint):
