@@ -114,6 +114,35 @@ def test_pending_results_stay_bounded_on_a_cluster(tmp_path, scene, pixelwise, m
     assert pending.peak <= 3 + 1
 
 
+def test_an_interrupt_waits_for_the_write_in_progress_before_removing_the_staging(
+        tmp_path, scene, pixelwise, monkeypatch):
+    """Ctrl-C (or SIGTERM) reaches the main thread while a dask thread writes a strip: the
+    staging folder is removed only once that write is done, so nothing is left behind."""
+    import shutil
+
+    from deeplab_geo.raster import io as raster_io
+    from deeplab_geo.raster.stitch import ClassMapWriter
+
+    events = []
+    write = ClassMapWriter.write
+
+    def slow_write(self, strip):
+        if not events:
+            os.kill(os.getpid(), signal.SIGINT)  # the main thread unwinds while this write goes on
+            time.sleep(0.5)
+        write(self, strip)
+        events.append("write")
+
+    rmtree = shutil.rmtree
+    monkeypatch.setattr(ClassMapWriter, "write", slow_write)
+    monkeypatch.setattr(raster_io.shutil, "rmtree",
+                        lambda path, **kw: events.append("cleanup") or rmtree(path, **kw))
+    with pytest.raises(KeyboardInterrupt):
+        run(config(tmp_path, scene, execution={"workers": 2}))
+    assert events[:2] == ["write", "cleanup"] and "write" not in events[2:]
+    assert not list((tmp_path / "out").glob(".deeplab-geo-*"))
+
+
 def test_in_flight_moved_from_cluster_to_execution(tmp_path, scene):
     from deeplab_geo.errors import ConfigError
 

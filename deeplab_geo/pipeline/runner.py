@@ -167,19 +167,22 @@ def _write_maps(config: PipelineConfig, info: ModelInfo, profile: dict[str, Any]
     the polygon count (``None`` without polygons)."""
     writer = ClassMapWriter(profile, staged["classes"], staged.get("confidence"),
                             info.classes, info.colours)
-    polygons = None
-    if _streams_polygons(config):
-        polygons = _Background(lambda strips: vectorize_strips(
-            strips, staged["polygons"], crs=profile["crs"].to_wkt(),
-            transform=profile["transform"], width=profile["width"],
-            height=profile["height"], class_names=info.classes, settings=config.vectorize,
-            with_confidence=config.outputs.confidence, confidence_scale=CONFIDENCE_SCALE,
-            nodata=CLASS_NODATA, source=config.input.name))
+    polygons = _polygon_stream(config, info, profile, staged["polygons"]) \
+        if _streams_polygons(config) else None
+
+    # Strips are delivered from dask's threads. An interrupt (Ctrl-C, SIGTERM) unwinds this
+    # thread while a delivery may still be writing in another one: once stopped, no delivery
+    # starts, and the cleanup waits for the one in progress, so the staging folder is removed
+    # with nothing left writing into it.
+    stopped, writing_lock = threading.Event(), threading.Lock()
 
     def deliver(strip: Strip) -> None:
-        writer.write(strip)
-        if polygons is not None:
-            polygons.put(strip)
+        with writing_lock:
+            if stopped.is_set():
+                raise _Stopped
+            writer.write(strip)
+            if polygons is not None:
+                polygons.put(strip)
 
     try:
         t0 = time.perf_counter()
@@ -207,10 +210,27 @@ def _write_maps(config: PipelineConfig, info: ModelInfo, profile: dict[str, Any]
                                       source=config.input.name).polygons
             timings["vectorize"] = time.perf_counter() - t0
     finally:
+        stopped.set()
+        with writing_lock:  # a delivery in progress in a dask thread ends first
+            pass
         if polygons is not None:
             polygons.cancel()
         writer.close()
     return writer.counts, polygon_count
+
+
+def _polygon_stream(config: PipelineConfig, info: ModelInfo, profile: dict[str, Any],
+                    path: Path) -> _Background:
+    """A thread that makes the polygons of the strips put to it, as they are finished."""
+    return _Background(lambda strips: vectorize_strips(
+        strips, path, crs=profile["crs"].to_wkt(), transform=profile["transform"],
+        width=profile["width"], height=profile["height"], class_names=info.classes,
+        settings=config.vectorize, with_confidence=config.outputs.confidence,
+        confidence_scale=CONFIDENCE_SCALE, nodata=CLASS_NODATA, source=config.input.name))
+
+
+class _Stopped(Exception):
+    """A strip arrived after its run stopped (interrupted or failed); it is not written."""
 
 
 def _streams_polygons(config: PipelineConfig) -> bool:
