@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplab_geo.crf.features import CRFParams, kernel_features
-
-_EPS = 1e-8
+from deeplab_geo.crf.features import EPS, CRFParams, kernel_features
 
 
 def refine(probs: np.ndarray, image: np.ndarray, params: CRFParams,
@@ -21,7 +19,7 @@ def refine(probs: np.ndarray, image: np.ndarray, params: CRFParams,
     import pydensecrf.densecrf as dcrf  # imported here: a C extension only this stage needs
 
     n_classes = probs.shape[0]
-    unary = -np.log(np.clip(probs.reshape(n_classes, -1), _EPS, 1.0)).astype(np.float32, copy=False)
+    unary = -np.log(np.clip(probs.reshape(n_classes, -1), EPS, 1.0)).astype(np.float32, copy=False)
     marginals = _normalised(unary)
     inside = None if valid is None or valid.all() else np.flatnonzero(valid)
     if inside is not None:

@@ -11,7 +11,8 @@ import rasterio
 
 from deeplab_geo.errors import ConfigError
 
-_EPS = 1e-8
+EPS = 1e-8
+"""Floor of probabilities (before the log of the unary) and of colour ranges."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def stretched(bands: tuple[int, int, int], sample: np.ma.MaskedArray,
         values = band.compressed() if band.count() else np.zeros(1)
         lo, hi = np.percentile(values, stretch)
         low.append(float(lo))
-        high.append(float(max(hi, lo + _EPS)))
+        high.append(float(max(hi, lo + EPS)))
     return ColourMapping(bands, tuple(low), tuple(high))
 
 
@@ -117,7 +118,7 @@ def colour_features(tile: np.ndarray, mapping: ColourMapping | None = None) -> n
     else:
         low = np.asarray(mapping.low, np.float32)[:, None, None]
         high = np.asarray(mapping.high, np.float32)[:, None, None]
-        scaled = (picked.astype(np.float32) - low) / np.maximum(high - low, _EPS) * 255.0
+        scaled = (picked.astype(np.float32) - low) / np.maximum(high - low, EPS) * 255.0
         colours = np.clip(scaled, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(colours.transpose(1, 2, 0))
 

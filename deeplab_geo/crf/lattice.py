@@ -36,10 +36,9 @@ import warnings
 import numpy as np
 import torch
 
-from deeplab_geo.crf.features import CRFParams, kernel_features, position_features
+from deeplab_geo.crf.features import EPS, CRFParams, kernel_features, position_features
 from deeplab_geo.devices import torch_device
 
-_EPS = 1e-8
 _PACK_LIMIT = 2**62
 
 
@@ -118,7 +117,7 @@ def refine(probs: np.ndarray, image: np.ndarray, params: CRFParams,
     gaussian, bilateral = kernel_features(image, params, valid)
     with torch.inference_mode():
         unary = -torch.log(torch.from_numpy(np.ascontiguousarray(probs, np.float32))
-                           .to(device).reshape(n_classes, -1).clamp(_EPS, 1.0))
+                           .to(device).reshape(n_classes, -1).clamp(EPS, 1.0))
         if inside is None:
             if params.w2 > 0:  # the whole tile's Gaussian lattice depends on its shape only
                 gaussian = _grid_lattice(height, width, params.theta_gamma, str(device))
