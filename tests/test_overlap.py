@@ -70,3 +70,14 @@ def test_a_model_without_a_recorded_reach_falls_back_to_64_px(tmp_path, tiny_che
     windows = result.report["windows"]
     assert (windows["overlap_px"], windows["tile_px"]) == (64, 256)
     assert windows["overlap_source"] == "default (the model records no reach)"
+
+
+def test_tiles_shrink_to_fit_the_raster_for_a_model_of_any_input_size(tmp_path, tiny_checkpoint):
+    image = np.random.default_rng(0).integers(0, 255, (3, 300, 200), dtype=np.uint8)
+    raster = write_raster(tmp_path / "r.tif", image)
+    result = run(pipeline(tmp_path, raster, str(tiny_checkpoint), tile_size=128, overlap=16))
+    assert result.report["windows"]["fitted_tiles"] is True
+    # 300 px: 3 tiles of at least (300 + 2 * 16) / 3 px; 200 px: 2 of (200 + 16) / 2: 112 px
+    assert result.report["raster"]["largest_tile_px"] == [112, 112]
+    assert result.report["raster"]["tiles"] == 6
+    assert result.report["raster"]["tiled_pixels_per_pixel"] == round(6 * 112 * 112 / 60000, 4)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deeplab_geo.raster.tiling import Span, axis_spans, batched, batches, tile_grid
+from deeplab_geo.raster.tiling import FIT_STEP, Span, axis_spans, batched, batches, tile_grid
 
 
 @pytest.mark.parametrize("length", [1, 7, 31, 32, 33, 63, 64, 100, 257, 1000, 2049])
@@ -20,6 +20,32 @@ def test_axis_spans_partition_and_rules(length, tile, overlap):
         assert a.stop - b.start >= overlap
         assert core_b.start - b.start >= overlap // 2
         assert a.stop - core_b.start >= overlap // 2
+
+
+@pytest.mark.parametrize("length", [33, 100, 257, 1000, 2049, 8192])
+@pytest.mark.parametrize("tile,overlap", [(32, 8), (64, 16), (64, 63), (512, 64)])
+def test_fitted_spans_keep_the_count_and_the_rules_with_smaller_tiles(length, tile, overlap):
+    plain, fitted = axis_spans(length, tile, overlap), axis_spans(length, tile, overlap, fit=True)
+    assert len(fitted) == len(plain)
+    cores = [core for _, core in fitted]
+    assert cores[0].start == 0 and cores[-1].stop == length
+    assert all(a.stop == b.start for a, b in zip(cores, cores[1:]))
+    sizes = {span.size for span, _ in fitted}
+    assert len(sizes) == 1  # one size: the tiles batch together
+    size = sizes.pop()
+    assert size <= min(tile, length) and (size in (tile, length) or size % FIT_STEP == 0)
+    for (a, _), (b, core_b) in zip(fitted, fitted[1:]):
+        assert a.stop - b.start >= overlap
+        assert core_b.start - b.start >= overlap // 2 and a.stop - core_b.start >= overlap // 2
+    if len(fitted) > 1 and size > FIT_STEP:  # the least such size: one step less cannot cover
+        assert len(fitted) * (size - FIT_STEP) < length + (len(fitted) - 1) * overlap \
+            or size - FIT_STEP <= overlap
+
+
+def test_fitted_tiles_on_the_peer_scene():
+    fitted = axis_spans(8192, 512, 64, fit=True)
+    assert len(fitted) == 19 and fitted[0][0].size == 496  # 512 px tiles: 1.41x the pixels
+    assert (19 * 496 / 8192) ** 2 < 1.33
 
 
 def test_axis_spans_spread_evenly():

@@ -100,6 +100,8 @@ def test_fixed_shape_zoo_model_sets_tile_and_batch_and_equals_a_whole_image_run(
     result = run(config(tmp_path, raster, path))
     windows = result.report["windows"]
     assert (windows["tile_px"], windows["overlap_px"], windows["batch_size"]) == (64, 16, 2)
+    assert windows["fitted_tiles"] is False  # padded back to 64 px anyway
+    assert result.report["raster"]["largest_tile_px"] == [64, 64]
     whole = export(tmp_path / "whole.onnx", Net(), metadata=DEEPNESS)  # same weights, dynamic
     expected = reference(whole, image).argmax(0)
     classes, tags = classes_of(result)

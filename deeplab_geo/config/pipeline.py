@@ -82,7 +82,9 @@ class TilingSettings(_Section):
     """
 
     tile_size: int = Field(512, ge=16, le=8192)
-    """Window size in pixels fed to the model at once."""
+    """Window size in pixels fed to the model at once. For models that take any input size it is
+    the largest: tiles shrink to the least multiple of 16 px that covers the raster with as many
+    tiles (e.g. 496 px on 8192 px), so fewer pixels are predicted twice."""
     overlap: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
     """Pixels shared by neighbouring tiles, smaller than ``tile_size``; each tile keeps its core,
     half the overlap in. ``auto``: the model's own (twice its measured reach, or a zoo model's

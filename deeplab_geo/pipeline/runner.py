@@ -406,6 +406,7 @@ def _report(config: PipelineConfig, profile: dict, grid: list[tiling.Tile], coun
     except PackageNotFoundError:
         torch_version = None
     pixels = int(profile["width"]) * int(profile["height"])
+    tiled = sum(t.row.size * t.col.size for t in grid)
     return {
         "config": json.loads(config.model_dump_json()),
         "versions": {
@@ -414,7 +415,10 @@ def _report(config: PipelineConfig, profile: dict, grid: list[tiling.Tile], coun
             "gdal": rasterio.__gdal_version__, "dask": dask.__version__,
         },
         "raster": {"width": profile["width"], "height": profile["height"],
-                   "crs": profile["crs"].to_string(), "tiles": len(grid)},
+                   "crs": profile["crs"].to_string(), "tiles": len(grid),
+                   "largest_tile_px": [max(t.row.size for t in grid),
+                                       max(t.col.size for t in grid)],
+                   "tiled_pixels_per_pixel": round(tiled / pixels, 4)},
         "windows": plan.report(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "throughput_mpx_s": round(pixels / 1e6 / timings["predict_and_refine"], 4),

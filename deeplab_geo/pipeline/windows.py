@@ -59,6 +59,8 @@ class WindowPlan:
         align: tiles start at multiples of this many raster pixels (see
         :mod:`~deeplab_geo.raster.tiling`).
         overlap_source: where the overlap came from.
+        fit: tiles shrink to fit the raster (:func:`~deeplab_geo.raster.tiling.axis_spans`);
+            false for models with a fixed input size, which would pad them back.
     """
 
     tile: int
@@ -70,6 +72,7 @@ class WindowPlan:
     source: str
     align: int = 1
     overlap_source: str = "tiling.overlap"
+    fit: bool = False
 
     @property
     def scale(self) -> float:
@@ -84,13 +87,14 @@ class WindowPlan:
 
     def grid(self, height: int, width: int) -> list[tiling.Tile]:
         """The tiles of a ``height`` x ``width`` raster."""
-        return tiling.tile_grid(height, width, self.tile, self.overlap, self.align)
+        return tiling.tile_grid(height, width, self.tile, self.overlap, self.align, self.fit)
 
     def report(self) -> dict[str, Any]:
         return {"raster_m_per_px": self.raster_m, "model_m_per_px": self.model_m,
                 "source": self.source, "model_px_per_raster_px": round(self.scale, 6),
                 "tile_px": self.tile, "overlap_px": self.overlap,
                 "overlap_source": self.overlap_source, "align_px": self.align,
+                "fitted_tiles": self.fit,
                 "model_tile_px": self.model_tile, "batch_size": self.batch_size}
 
 
@@ -132,13 +136,14 @@ def plan_windows(config: PipelineConfig, info: ModelInfo, ds: rasterio.DatasetRe
     else:
         model_m, source = float(setting), "model.resolution"
     scale = raster_m / model_m if raster_m and model_m else 1.0
+    fit = info.input_size is None
     if abs(scale - 1) < _SAME:
         return WindowPlan(tile_size, overlap, tile_size, batch_size, raster_m, model_m, source,
-                          info.alignment, overlap_source)
+                          info.alignment, overlap_source, fit)
     tile = max(1, round(tile_size / scale))
     raster_overlap = min(tile - 1, round(overlap / scale))
     return WindowPlan(tile, raster_overlap, tile_size, batch_size, raster_m, model_m, source,
-                      1, overlap_source)
+                      1, overlap_source, fit)
 
 
 def _tile_and_overlap(config: PipelineConfig, info: ModelInfo, tile_size: int

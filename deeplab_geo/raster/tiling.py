@@ -7,6 +7,12 @@ Overlap rule (one axis of length ``n``, tile size ``t``, overlap ``o``, stride `
 * Otherwise the axis gets the fewest tiles of size ``t`` whose overlaps are all at least ``o``,
   ``k = ceil((n - o) / s)``, spread evenly: tile ``i`` starts at ``round(i * (n - t) / (k - 1))``,
   so the first starts at 0 and the last ends at ``n``. Every tile lies inside the raster.
+* Fitted grids (``fit=True``, unaligned; for models that take any input size) keep those
+  ``k`` tiles but shrink them to the least multiple of :data:`FIT_STEP` pixels (at most
+  ``t``) that still covers the axis with overlaps of at least ``o``, that is
+  ``ceil((n + (k - 1) * o) / k)`` rounded up. The model then sees fewer pixels twice (on
+  8192 px with ``t = 512``, ``o = 64``: 19 tiles of 496 px instead of 512, 1.32 instead of
+  1.41 times the raster's pixels).
 * Each tile owns a *core*: the cut between two neighbouring cores is the middle of their
   overlap, so cores partition ``[0, n)`` exactly, and every core pixel not on the raster edge is
   at least ``o // 2`` pixels from its tile's border. Stitching keeps only the cores, so every
@@ -69,7 +75,11 @@ class Tile:
         return slice(r0, r0 + self.core_row.size), slice(c0, c0 + self.core_col.size)
 
 
-def axis_spans(length: int, tile_size: int, overlap: int, align: int = 1
+FIT_STEP = 16
+"""Fitted tiles are multiples of this many pixels (a strided network's feature grid stays whole)."""
+
+
+def axis_spans(length: int, tile_size: int, overlap: int, align: int = 1, fit: bool = False
                ) -> list[tuple[Span, Span]]:
     """Cut one axis into (tile, core) spans following the module's overlap rule."""
     if length < 1:
@@ -87,17 +97,20 @@ def axis_spans(length: int, tile_size: int, overlap: int, align: int = 1
         tiles = [Span(i * step, min(i * step + tile_size, length)) for i in range(count)]
     else:
         count = -(-(length - overlap) // (tile_size - overlap))
+        if fit:
+            least = -(-(length + (count - 1) * overlap) // count)
+            tile_size = min(tile_size, -(-least // FIT_STEP) * FIT_STEP)
         starts = [round(i * (length - tile_size) / (count - 1)) for i in range(count)]
         tiles = [Span(s, s + tile_size) for s in starts]
     cuts = [0] + [(a.stop + b.start) // 2 for a, b in zip(tiles, tiles[1:])] + [length]
     return [(t, Span(c0, c1)) for t, c0, c1 in zip(tiles, cuts, cuts[1:])]
 
 
-def tile_grid(height: int, width: int, tile_size: int, overlap: int, align: int = 1
-              ) -> list[Tile]:
+def tile_grid(height: int, width: int, tile_size: int, overlap: int, align: int = 1,
+              fit: bool = False) -> list[Tile]:
     """All tiles of a ``height`` x ``width`` raster, in row-major order."""
-    rows = axis_spans(height, tile_size, overlap, align)
-    cols = axis_spans(width, tile_size, overlap, align)
+    rows = axis_spans(height, tile_size, overlap, align, fit)
+    cols = axis_spans(width, tile_size, overlap, align, fit)
     return [Tile(r, c, rc, cc) for (r, rc), (c, cc) in product(rows, cols)]
 
 
