@@ -234,3 +234,26 @@ def test_an_object_that_is_not_a_backend_is_refused_with_the_contract():
             registered_backends(pm)
     finally:
         pm.unregister(plugin)
+
+
+def test_an_ensemble_checkpoint_runs_on_onnx_as_on_torch_with_the_mean_probabilities(tmp_path):
+    import torch
+
+    from deeplab_geo.checkpoints import ModelInfo
+    from deeplab_geo.models.checkpoint import build_model, save_checkpoint
+    from tests.conftest import TINY_CLASSES, TINY_COLOURS
+
+    torch.manual_seed(0)
+    info = ModelInfo(architecture="deeplabv3_lite_mobilenet_v3_small", num_classes=3,
+                     classes=TINY_CLASSES, colours=TINY_COLOURS, options={"members": 2})
+    model = build_model(info).eval()
+    path = save_checkpoint(model, info, tmp_path / "ensemble.safetensors")
+    x = tiles(2, (2, 3, 48, 40))
+    reference = get_backend("torch").load(str(path), device="cpu").predict(x)
+    exported = get_backend("onnx").load(str(path), device="cpu").predict(x)
+    with torch.no_grad():
+        mean_px, std_px = (torch.from_numpy(a) for a in info.input_statistics())
+        pixels = (torch.from_numpy(x) - mean_px) / std_px
+        mean = torch.stack([torch.softmax(m(pixels)["out"], 1) for m in model.members]).mean(0)
+    assert np.abs(reference - mean.numpy()).max() < 1e-5
+    assert np.abs(exported - reference).max() < 1e-4

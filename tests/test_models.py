@@ -100,3 +100,27 @@ def test_missing_metadata_and_unknown_builtin(tmp_path):
 def test_metadata_must_agree_with_itself():
     with pytest.raises(CheckpointError, match="classes"):
         info(classes=["only-one"])
+
+
+def test_members_builds_an_ensemble_of_independent_copies():
+    from deeplab_geo.models import Ensemble
+
+    torch.manual_seed(0)
+    net = models.build("deeplabv3_lite_mobilenet_v3_small", num_classes=3, members=3,
+                       pooling_window=32)
+    assert isinstance(net, Ensemble) and len(net.members) == 3
+    a, b = (dict(m.named_parameters()) for m in net.members[:2])
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    x = torch.rand(2, 3, 64, 64)
+    net.train()
+    assert len(net(x)["members"]) == 3
+    net.eval()
+    with torch.no_grad():
+        probs = torch.softmax(net(x)["out"], 1)
+        mean = torch.stack([torch.softmax(m(x)["out"], 1) for m in net.members]).mean(0)
+    assert torch.allclose(probs, mean, atol=1e-6)
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match="members must be a positive integer"):
+            models.build("deeplabv3_lite_mobilenet_v3_small", num_classes=3, members=bad)
+    assert not isinstance(models.build("deeplabv3_lite_mobilenet_v3_small", num_classes=3,
+                                       members=1), Ensemble)

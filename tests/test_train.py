@@ -267,3 +267,34 @@ def test_training_records_the_models_reach_where_it_is_finite(tmp_path):
     assert info.reach is not None and info.reach % 32 == 0 and f"reach {info.reach} px" in logs
     _, pooled = load_checkpoint(train(config, log=lambda _: None).checkpoint)
     assert pooled.reach is None  # global pooling looks at the whole input
+
+
+def test_an_ensemble_trains_each_member_on_its_own_loss_and_runs_as_one_model(tmp_path):
+    config = _voc_config(tmp_path, 2, checkpoint_every=None)
+    ensemble = updated(config, {"model.options": {"members": 2}})
+    result = train(ensemble, log=lambda _: None)
+    model, info = load_checkpoint(result.checkpoint)
+    assert info.options == {"members": 2} and len(model.members) == 2
+    first, second = (dict(m.named_parameters()) for m in model.members)
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # their own starts
+    x = torch.rand(1, 3, 48, 48)
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(x)["out"], 1) for m in model.members]).mean(0)
+        assert torch.allclose(torch.softmax(model(x)["out"], 1), mean, atol=1e-6)
+    # the loss is the sum of the members' own losses (each member learns alone)
+    from deeplab_geo.tools.train import _loss
+    model.train()
+    x, labels = torch.rand(2, 3, 48, 48), torch.randint(0, 21, (2, 48, 48))
+    torch.manual_seed(0)
+    total = _loss(model, x, labels, None, 0.0)
+    torch.manual_seed(0)
+    own = sum(_loss(m, x, labels, None, 0.0) for m in model.members)
+    assert torch.allclose(total, own)
+
+
+def test_an_ensemble_refuses_init_weights(tmp_path, tiny_checkpoint):
+    config = _voc_config(tmp_path, 1, checkpoint_every=None)
+    config = updated(config, {"model.options": {"members": 2},
+                              "model.init": str(tiny_checkpoint)})
+    with pytest.raises(ConfigError, match="an ensemble .* trains its members from scratch"):
+        train(config, log=lambda _: None)

@@ -35,7 +35,9 @@ FORMATS = ("gpkg", "fgb", "geojson", "parquet")
 @click.option("--model", "checkpoint", default="builtin:landcover-demo", show_default=True,
               help="Checkpoint (.safetensors with its .json, .pt, .onnx) or builtin:<name>.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--tile-size", type=int, help="Tile size in pixels (default: the model's).")
+@click.option("--tile-size", type=int,
+              help="Tile size in pixels; the largest, for models of any input size "
+              "(default: the model's).")
 @click.option("--crf/--no-crf", default=True, show_default=True,
               help="Refine each tile with the dense CRF.")
 @click.option("--polygons/--no-polygons", default=True, show_default=True,

@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from torchvision.models.segmentation.fcn import FCNHead
 
 from deeplab_geo.models.backbones import mobilenet_v3_atrous
+from deeplab_geo.models.ensemble import Ensemble
 from deeplab_geo.models.heads import (
     V2_RATES,
     DeepLabV2Head,
@@ -45,7 +46,8 @@ from deeplab_geo.models.heads import (
 from deeplab_geo.models.pooling import set_pooling_window
 from deeplab_geo.models.resnet import resnet_atrous
 
-__all__ = ["DeepLab", "build", "available", "default_output_stride", "set_pooling_window"]
+__all__ = ["DeepLab", "Ensemble", "build", "available", "default_output_stride",
+           "set_pooling_window"]
 
 
 class DeepLab(nn.Module):
@@ -181,7 +183,7 @@ def default_output_stride(name: str) -> int:
 
 
 def build(name: str, *, num_classes: int, in_channels: int = 3,
-          output_stride: int | None = None, **options: Any) -> DeepLab:
+          output_stride: int | None = None, **options: Any) -> nn.Module:
     """Build a DeepLab model with freshly initialised weights.
 
     Args:
@@ -191,7 +193,9 @@ def build(name: str, *, num_classes: int, in_channels: int = 3,
         output_stride: 8 or 16; the architecture's default when omitted.
         **options: architecture options: ``aux_loss`` (``deeplabv3_*``), ``aspp`` and
             ``caffe`` (``deeplabv2_resnet101``), and ``pooling_window`` (models with global
-            pooling: see :func:`set_pooling_window`). Unknown options are an error.
+            pooling: see :func:`set_pooling_window`), and ``members`` (any model: an
+            :class:`~deeplab_geo.models.ensemble.Ensemble` of that many copies, each
+            initialised independently). Unknown options are an error.
 
     Raises:
         ValueError: unknown name, option, or invalid sizes.
@@ -199,6 +203,12 @@ def build(name: str, *, num_classes: int, in_channels: int = 3,
     _check_name(name)
     if num_classes < 1 or in_channels < 1:
         raise ValueError("num_classes and in_channels must be positive")
+    members = options.pop("members", 1)
+    if not isinstance(members, int) or members < 1:
+        raise ValueError(f"model '{name}': members must be a positive integer, got {members!r}")
+    if members > 1:
+        return Ensemble(lambda: build(name, num_classes=num_classes, in_channels=in_channels,
+                                      output_stride=output_stride, **options), members)
     builder, default_stride = _BUILDERS[name]
     window = options.pop("pooling_window", None)
     try:

@@ -463,6 +463,10 @@ def _model_for(config: TrainConfig, train_set: SegmentationDataset, resume_from:
         describe_labels(counts, info.classes, weights, log)
     if getattr(train_set, "note", ""):
         log(train_set.note)
+    if init_state and info.options.get("members", 1) > 1:
+        raise ConfigError("model.init: an ensemble (model.options.members) trains its "
+                          "members from scratch, each from its own start; leave model.init "
+                          "out or train one model")
     model = build_model(info)
     if init_state:
         loaded, fresh = apply_init(model, init_state)
@@ -555,11 +559,19 @@ def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
           amp_dtype: torch.dtype | None, aux_weight: float,
           weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over labelled pixels (0 for a batch without any), optionally weighted
-    per class, plus the weighted auxiliary loss when the model has an auxiliary head."""
-    labelled = max(1, int((labels != IGNORE_INDEX).sum()))
+    per class, plus the weighted auxiliary loss when the model has an auxiliary head; for an
+    ensemble, the sum of its members' own losses."""
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32,
                         enabled=amp_dtype is not None):
         outputs = model(images)
+    if "members" in outputs:
+        return sum(_output_loss(o, labels, aux_weight, weight) for o in outputs["members"])
+    return _output_loss(outputs, labels, aux_weight, weight)
+
+
+def _output_loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, aux_weight: float,
+                 weight: torch.Tensor | None) -> torch.Tensor:
+    labelled = max(1, int((labels != IGNORE_INDEX).sum()))
     loss = F.cross_entropy(outputs["out"].float(), labels, weight=weight,
                            ignore_index=IGNORE_INDEX, reduction="sum") / labelled
     if "aux" in outputs and aux_weight > 0:
