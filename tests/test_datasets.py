@@ -266,3 +266,27 @@ def test_label_errors_are_one_line(tmp_path):
     other = write_raster(tmp_path / "small.tif", np.zeros((1, 8, 8), np.uint8))
     with pytest.raises(InputError, match="not on the raster's grid"):
         open_labels(other, grid)
+
+
+def test_small_chip_sets_are_read_once_and_kept(tmp_path, monkeypatch):
+    from deeplab_geo.datasets import chips
+
+    scene = make_chips_scene(tmp_path)
+    settings = ChipsDataSettings(kind="chips", raster=scene["raster"], labels=scene["labels"],
+                                 chip_size=16, block_size=32, val_fraction=0.0)
+    dataset = RasterChips(settings, "train")
+    opened = []
+    real_open = chips.rasterio.open
+    monkeypatch.setattr(chips.rasterio, "open", lambda *a, **k: opened.append(a) or
+                        real_open(*a, **k))
+    first = dataset[3]
+    reads = len(opened)
+    first[0][:] = 0  # what a caller does to its sample stays its own
+    again = dataset[3]
+    assert reads >= 1 and len(opened) == reads and again[0].any()
+    assert np.array_equal(again[1], first[1])
+    monkeypatch.setattr(chips, "KEEP_BYTES", 0)  # a large set is read every time
+    large = RasterChips(settings, "train")
+    opened.clear()
+    large[3], large[3]
+    assert len(opened) == 2 * reads

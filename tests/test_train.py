@@ -281,15 +281,17 @@ def test_an_ensemble_trains_each_member_on_its_own_loss_and_runs_as_one_model(tm
     with torch.no_grad():
         mean = torch.stack([torch.softmax(m(x)["out"], 1) for m in model.members]).mean(0)
         assert torch.allclose(torch.softmax(model(x)["out"], 1), mean, atol=1e-6)
-    # the loss is the sum of the members' own losses (each member learns alone)
+    # the loss is the sum of the members' own losses, each on its own half of the batch
     from deeplab_geo.tools.train import _loss
     model.train()
-    x, labels = torch.rand(2, 3, 48, 48), torch.randint(0, 21, (2, 48, 48))
-    torch.manual_seed(0)
+    x, labels = torch.rand(4, 3, 48, 48), torch.randint(0, 21, (4, 48, 48))
+    torch.manual_seed(0)  # the same dropout masks
     total = _loss(model, x, labels, None, 0.0)
     torch.manual_seed(0)
-    own = sum(_loss(m, x, labels, None, 0.0) for m in model.members)
+    own = sum(_loss(m, x[2 * i:2 * i + 2], labels[2 * i:2 * i + 2], None, 0.0)
+              for i, m in enumerate(model.members))
     assert torch.allclose(total, own)
+    assert not torch.allclose(total, sum(_loss(m, x, labels, None, 0.0) for m in model.members))
 
 
 def test_an_ensemble_refuses_init_weights(tmp_path, tiny_checkpoint):

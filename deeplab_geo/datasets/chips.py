@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from deeplab_geo.config import ChipsDataSettings
 
 
+KEEP_BYTES = 256 << 20
+"""Chip sets up to this size (images and labels) are read once and kept in memory: training
+draws every chip hundreds of times, and opening a multi-file raster for each draw costs more
+than the training step on small chips."""
+
+
 def axis_starts(length: int, size: int, stride: int) -> list[int]:
     """Offsets of windows of ``size`` (``stride`` apart) covering ``0..length``; the last one
     ends at ``length``. One window at 0 when ``length <= size``."""
@@ -126,6 +132,9 @@ class RasterChips(SegmentationDataset):
                                "or lower data.min_labelled")
         self.name = (f"{split} chips of {self.raster.name} ({len(self.windows)} x "
                      f"{settings.chip_size} px from {len(blocks)} blocks)")
+        pixels = sum(int(w.width) * int(w.height) for w in self.windows)
+        size = pixels * (self.in_channels * np.dtype(self.dtype).itemsize + 1)
+        self._kept: dict[int, Sample] | None = {} if size <= KEEP_BYTES else None
 
     def _counts(self, ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
         """Labelled pixels of each class id (0..254) in a window (nodata pixels left out)."""
@@ -148,6 +157,16 @@ class RasterChips(SegmentationDataset):
             return io.read_window(ds, self.windows[index])[1]
 
     def __getitem__(self, index: int) -> Sample:
+        if self._kept is not None and index in self._kept:
+            image, labels = self._kept[index]
+            return image.copy(), labels.copy()
+        sample = self._read(index)
+        if self._kept is not None:
+            self._kept[index] = sample
+            return sample[0].copy(), sample[1].copy()
+        return sample
+
+    def _read(self, index: int) -> Sample:
         window = self.windows[index]
         with rasterio.open(self.raster) as ds:
             image, valid = io.read_window(ds, window)

@@ -11,10 +11,10 @@ spread (see ``docs/real-imagery.md``). Build one with ``members=N`` in the model
 >>> net(torch.zeros(1, 3, 64, 64))["out"].shape
 torch.Size([1, 3, 64, 64])
 
-In training mode ``forward`` returns every member's own outputs (``{"members": [...]}``), so
-that each member gets its own loss and none leans on another; in eval mode ``"out"`` holds
-the logarithm of the members' mean softmax, so that a softmax over it (what every backend and
-the ONNX export apply) gives the mean probabilities exactly.
+``forward`` returns the logarithm of the members' mean softmax as ``"out"``, so that a
+softmax over it (what every backend and the ONNX export apply) gives the mean probabilities
+exactly. Training does not use it: each member gets its own loss on its own crops
+(:func:`deeplab_geo.tools.train.train`), so that none leans on another.
 """
 
 from __future__ import annotations
@@ -36,10 +36,8 @@ class Ensemble(nn.Module):
             raise ValueError(f"an ensemble needs at least 2 members, got {members}")
         self.members = nn.ModuleList(make() for _ in range(members))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs = [member(x) for member in self.members]
-        if self.training:
-            return {"members": outputs}
         log_probs = torch.stack([torch.log_softmax(o["out"].float(), dim=1) for o in outputs])
         mean = torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
         return OrderedDict(out=mean)

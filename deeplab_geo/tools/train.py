@@ -480,8 +480,9 @@ def _optimise(state: _TrainState, config: TrainConfig, log: Callable[[str], None
     opt = config.train
     device, cuda = state.device, state.device.type == "cuda"
     running = state.running
+    members = len(getattr(state.model, "members", ())) or 1  # an ensemble: a batch each
     for step, images, labels in batches(state.sampler, opt.seed, state.start, opt.steps,
-                                        opt.batch_size, opt.workers):
+                                        opt.batch_size * members, opt.workers):
         lr = poly_lr(opt.lr, step, opt.steps, opt.poly_power)
         for group in state.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
@@ -560,17 +561,14 @@ def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
           weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over labelled pixels (0 for a batch without any), optionally weighted
     per class, plus the weighted auxiliary loss when the model has an auxiliary head; for an
-    ensemble, the sum of its members' own losses."""
+    ensemble, the sum of its members' own losses, each on its own share of the batch."""
+    if isinstance(model, models.Ensemble):  # each member its own share of the crops
+        return sum(_loss(member, x, y, amp_dtype, aux_weight, weight) for member, x, y in
+                   zip(model.members, images.chunk(len(model.members)),
+                       labels.chunk(len(model.members))))
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32,
                         enabled=amp_dtype is not None):
         outputs = model(images)
-    if "members" in outputs:
-        return sum(_output_loss(o, labels, aux_weight, weight) for o in outputs["members"])
-    return _output_loss(outputs, labels, aux_weight, weight)
-
-
-def _output_loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, aux_weight: float,
-                 weight: torch.Tensor | None) -> torch.Tensor:
     labelled = max(1, int((labels != IGNORE_INDEX).sum()))
     loss = F.cross_entropy(outputs["out"].float(), labels, weight=weight,
                            ignore_index=IGNORE_INDEX, reduction="sum") / labelled
