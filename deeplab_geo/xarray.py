@@ -107,8 +107,7 @@ def segment(image: xr.DataArray, checkpoint: str | None = None, *,
     data = image.data if isinstance(image.data, da.Array) else da.from_array(image.data)
     colours = None if refine is None else _colours(data, grid, config.crf.bands,
                                                    config.crf.stretch)  # set per block
-    rows = tiling.axis_spans(grid.height, plan.tile, plan.overlap, plan.align, plan.fit)
-    cols = tiling.axis_spans(grid.width, plan.tile, plan.overlap, plan.align, plan.fit)
+    rows, cols = plan.spans(grid.height), plan.spans(grid.width)
     groups = tiling.batched(list(range(len(cols))), plan.batch_size)
     row_chunks = tuple(core.size for _, core in rows)
     col_chunks = tuple(sum(cols[i][1].size for i in group) for group in groups)

@@ -28,7 +28,7 @@ from torch import nn
 
 
 class Ensemble(nn.Module):
-    """``members`` copies of one model; their mean probabilities in eval mode."""
+    """``members`` copies of one model; ``"out"``: the log of their mean probabilities."""
 
     def __init__(self, make: Callable[[], nn.Module], members: int) -> None:
         super().__init__()

@@ -85,6 +85,10 @@ class WindowPlan:
             return height, width
         return max(1, round(height * self.scale)), max(1, round(width * self.scale))
 
+    def spans(self, length: int) -> list[tuple[tiling.Span, tiling.Span]]:
+        """The (tile, core) spans of one axis of ``length`` pixels."""
+        return tiling.axis_spans(length, self.tile, self.overlap, self.align, self.fit)
+
     def grid(self, height: int, width: int) -> list[tiling.Tile]:
         """The tiles of a ``height`` x ``width`` raster."""
         return tiling.tile_grid(height, width, self.tile, self.overlap, self.align, self.fit)

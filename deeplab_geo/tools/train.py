@@ -480,7 +480,7 @@ def _optimise(state: _TrainState, config: TrainConfig, log: Callable[[str], None
     opt = config.train
     device, cuda = state.device, state.device.type == "cuda"
     running = state.running
-    members = len(getattr(state.model, "members", ())) or 1  # an ensemble: a batch each
+    members = len(state.model.members) if isinstance(state.model, models.Ensemble) else 1
     for step, images, labels in batches(state.sampler, opt.seed, state.start, opt.steps,
                                         opt.batch_size * members, opt.workers):
         lr = poly_lr(opt.lr, step, opt.steps, opt.poly_power)
