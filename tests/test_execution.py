@@ -71,8 +71,8 @@ class PendingResults:
             self.alive -= 1
 
 
-def counted_process_batch(job):
-    cores = _COMPUTE(job)
+def counted_process_batch(job, *readers):
+    cores = _COMPUTE(job, *readers)
     counter = PendingResults.current
     counter.computed()
     weakref.finalize(cores[0][0], counter.released)
@@ -148,6 +148,29 @@ def test_in_flight_moved_from_cluster_to_execution(tmp_path, scene):
 
     with pytest.raises(ConfigError, match="write execution.in_flight instead"):
         config(tmp_path, scene, cluster={"local_workers": 2, "in_flight": 2})
+
+
+def test_each_thread_opens_the_raster_once_for_all_its_batches(tmp_path, scene, pixelwise,
+                                                                monkeypatch):
+    """Batches share the file's blocks: a thread keeps the raster open (GDAL's block cache then
+    decodes a block once), instead of opening it for every batch, and closes it at the end."""
+    from deeplab_geo.raster import io
+
+    opened = []
+    real_open = rasterio.open
+
+    def counting_open(path, *args, **kwargs):
+        ds = real_open(path, *args, **kwargs)
+        if str(path) == str(scene) and not args and not kwargs:
+            opened.append((threading.get_ident(), ds))
+        return ds
+
+    monkeypatch.setattr(io.rasterio, "open", counting_open)
+    result = run(config(tmp_path, scene, execution={"workers": 2}))
+    assert result.report["raster"]["tiles"] == 121  # in 61 batches of 2
+    batch_reads = [ds for thread, ds in opened if thread != threading.get_ident()]
+    assert 1 <= len(batch_reads) <= 2
+    assert all(ds.closed for ds in batch_reads)
 
 
 def mostly_nodata_vrt(tmp_path, size, data=64):

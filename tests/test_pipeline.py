@@ -175,3 +175,19 @@ def test_without_confidence_there_is_no_raster_and_no_mean(tmp_path, pixelwise):
     assert "confidence" not in result.outputs
     assert not list((tmp_path / "out").glob("*_confidence.tif"))
     assert "mean_confidence" not in gpd.read_file(result.outputs["polygons"]).columns
+
+
+def test_best_class_is_argmax_and_its_probability():
+    from deeplab_geo.pipeline.windows import best_class
+
+    rng = np.random.default_rng(5)
+    probabilities = rng.random((6, 40, 50), dtype=np.float32)
+    probabilities[:, :10] = 0.25  # ties: the lowest class wins, as with argmax
+    probabilities[3:, 10:20] = 1.5  # above every other value
+    core = probabilities[:, 3:37, 4:45]  # a tile's core: a strided view
+    classes, top = best_class(core)
+    expected = core.argmax(0)
+    assert classes.dtype == np.uint8
+    np.testing.assert_array_equal(classes, expected)
+    np.testing.assert_array_equal(top, np.take_along_axis(core, expected[None], 0)[0])
+    assert (classes[:7] == 0).all() and (classes[7:17] == 3).all()

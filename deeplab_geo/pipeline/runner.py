@@ -289,13 +289,15 @@ def _compute_local(jobs: list[TileJob], hand_on: HandOn, bar: Any, workers: int,
     wait to be handed on, whichever side is slower.
     """
     graph: dict[str, Any] = {}
+    readers = io.ThreadReaders()  # each thread keeps the raster open: blocks decoded once
     for i, job in enumerate(jobs):
         gate = f"hand-{i - in_flight}" if i >= in_flight else None
-        graph[f"batch-{i}"] = (_after, process_batch, job, gate)
+        graph[f"batch-{i}"] = (_after, process_batch, job, readers, gate)
         previous = f"hand-{i - 1}" if i else None
         graph[f"hand-{i}"] = (_after, hand_on, job, f"batch-{i}", previous)
     with _ProgressCallback(bar):
         dask.threaded.get(graph, f"hand-{len(jobs) - 1}", num_workers=workers)
+    readers.close()  # every batch is done; after a failure they close as they are dropped
 
 
 def _after(func: Callable[..., Any], *args: Any) -> Any:

