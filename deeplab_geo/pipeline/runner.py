@@ -52,7 +52,7 @@ from deeplab_geo.pipeline.windows import (
     window_settings,
 )
 from deeplab_geo.plugins import choose_backend, load_model
-from deeplab_geo.processes import trim_heap
+from deeplab_geo.processes import bound_heap, trim_heap
 from deeplab_geo.raster import io, sources, stac, tiling
 from deeplab_geo.raster.quicklook import render_quicklook
 from deeplab_geo.raster.stitch import (
@@ -100,6 +100,7 @@ def run(config: PipelineConfig, *, progress: ProgressFactory | None = None) -> R
         DeepLabGeoError: bad input, checkpoint, backend or output directory, or a write that
             failed (a full disk: :class:`~deeplab_geo.errors.OutputError`); nothing is written.
     """
+    bound_heap()  # tile buffers go back to the system when freed (process-wide)
     with rasterio.Env(GDAL_CACHEMAX=config.execution.gdal_cache_mb * 2**20,
                       **sources.gdal_options(config)), \
             sources.local_input(config) as (config, origin):
