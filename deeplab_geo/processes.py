@@ -226,7 +226,7 @@ def trim_heap() -> bool:
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-HEAP_MAP_THRESHOLD = 1 << 20
+HEAP_MAP_THRESHOLD = 4 << 20
 """Allocations of this many bytes or more get their own memory map (see :func:`bound_heap`)."""
 
 
@@ -235,11 +235,12 @@ def bound_heap() -> bool:
     memory maps, which go back to the operating system when freed.
 
     By default glibc raises that threshold each time such a block is freed (up to 32 MiB), so
-    tile-sized arrays (a few MiB each) soon come from the heaps of the threads that allocate
-    them and stay resident after they are freed. The pipeline calls this when a run starts, and
-    every helper process when it starts; on the 16,384 px mostly-nodata mosaic the process
-    tree's peak fell by about 300 MB at the same speed. Process-wide; a no-op off glibc.
-    Returns whether it was set.
+    a tile's probabilities and CRF buffers (5-15 MiB each on 768 px tiles) soon come from the
+    heaps of the threads that allocate them and stay resident after they are freed. The
+    pipeline calls this when a run starts, and every helper process when it starts: on the
+    16,384 px mostly-nodata mosaic the process tree's peak fell by 150-250 MB. 4 MiB, not less:
+    at 1 MiB, mapping and zeroing the smaller buffers of nodata tiles took 5x the system time
+    and made the run 1.3x slower. Process-wide; a no-op off glibc. Returns whether it was set.
     """
     try:
         return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, HEAP_MAP_THRESHOLD))

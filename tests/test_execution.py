@@ -332,10 +332,10 @@ from deeplab_geo.processes import bound_heap
 def resident_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 bounded = sys.argv[1] == "bounded" and bound_heap()
-big = np.ones(8 << 20, np.uint8)
-del big  # glibc's own threshold for a block of its own would rise to 8 MiB here
+big = np.ones(24 << 20, np.uint8)
+del big  # glibc's own threshold for a block of its own would rise to 24 MiB here
 before = resident_mb()
-blocks = [np.ones(2 << 20, np.uint8) for _ in range(100)]  # tile-sized arrays
+blocks = [np.ones(6 << 20, np.uint8) for _ in range(34)]  # tile-sized arrays
 kept = blocks.pop()  # the newest block stays in use, as the next batch's arrays do
 del blocks
 print(bounded, resident_mb() - before)
@@ -346,7 +346,7 @@ print(bounded, resident_mb() - before)
                     reason="glibc on Linux")
 @pytest.mark.parametrize("mode", ["bounded", "default"])
 def test_freed_tile_sized_arrays_go_back_to_the_system(mode):
-    """After bound_heap, 200 MB of freed 2 MiB arrays leave the process; glibc's default keeps
+    """After bound_heap, 200 MB of freed 6 MiB arrays leave the process; glibc's default keeps
     them resident behind a block still in use (the growth the 100,000 px run measured)."""
     import sys
 
@@ -368,17 +368,17 @@ def test_helper_processes_and_runs_bound_the_heap(tmp_path, scene, pixelwise, mo
 
 
 def _heap_is_bounded() -> bool:
-    """In a helper: whether a freed 2 MiB array leaves (it does once bound_heap has run)."""
+    """In a helper: whether freed 6 MiB arrays leave (they do once bound_heap has run)."""
     import numpy as np
 
     def resident_mb():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096 / 2**20
 
-    big = np.ones(8 << 20, np.uint8)
+    big = np.ones(24 << 20, np.uint8)
     del big
     before = resident_mb()
-    blocks = [np.ones(2 << 20, np.uint8) for _ in range(50)]
+    blocks = [np.ones(6 << 20, np.uint8) for _ in range(17)]
     kept = blocks.pop()
     del blocks
     return resident_mb() - before < 20 and kept.size > 0
