@@ -2,7 +2,7 @@
 
     python benchmarks/peers.py [--size 8192] [--workdir /tmp/peer-bench]
                                [--peers ../shared/peers] [--rv-python /tmp/peer-rv/bin/python]
-                               [--skip-rv] [--set KEY=VALUE ...]
+                               [--skip-rv] [--rounds N] [--set KEY=VALUE ...]
 
 The harness is ``../shared/peers`` (its README says how to make Raster Vision's virtualenv).
 Its ``make_input.py`` writes the scene (3-band uint8, 0.5 m, tiled 512 px) and torchvision's
@@ -24,7 +24,10 @@ process tree):
 * **Raster Vision 0.31.1** (``rv_predict.py``: chip 512, stride 448, batch 8);
 * **bare torch loop** (``bare_forward.py``: no overlap, no writes).
 
-Printed: a Markdown table and the ratios the targets are stated in.
+Printed: a Markdown table and the ratios the targets are stated in. With ``--rounds N`` the
+backend alone and deeplab-geo's second run alternate N times (these VMs' speed drifts by 10-20%
+within minutes), and each round's ratio is printed with their median; the table shows the last
+round.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -85,6 +89,8 @@ def main() -> None:
     parser.add_argument("--peers", type=Path, default=ROOT.parent / "shared" / "peers")
     parser.add_argument("--rv-python", type=Path, default=Path("/tmp/peer-rv/bin/python"))
     parser.add_argument("--skip-rv", action="store_true", help="leave Raster Vision out")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the backend alone and deeplab-geo this many times")
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         help="pipeline override for the deeplab-geo run")
     args = parser.parse_args()
@@ -98,30 +104,19 @@ def main() -> None:
     weights.with_suffix(".json").write_text(json.dumps(SIDECAR), encoding="utf-8")
     env = {**os.environ, "DEEPLAB_GEO_CACHE": str(work / "cache")}
 
-    rows = {}
-    for mode, size in (("one-session", 512), ("split", 512), ("split", FITTED)):
-        done = subprocess.run([sys.executable, "-c", BACKEND_ALONE, str(scene), str(weights),
-                               mode, str(size)], env=env, capture_output=True, text=True,
-                              check=True)
-        rows[f"backend alone ({mode}, {size} px tiles)"] = \
-            json.loads(done.stdout.strip().splitlines()[-1])
-
     pipeline = work / "deeplab-geo.yaml"
     pipeline.write_text(f"input: {scene}\noutput_dir: {work / 'dg_out'}\n"
                         f"model: {{checkpoint: {weights}, device: cpu}}\n"
                         "crf: {enabled: false}\nquicklook: false\n", encoding="utf-8")
-    runs = {}
-    for name in ("deeplab-geo (first run: exports the model)", "deeplab-geo"):
-        shutil.rmtree(work / "dg_out", ignore_errors=True)
-        if name != "deeplab-geo":
-            shutil.rmtree(work / "cache", ignore_errors=True)
-        command = [sys.executable, "-c", "from deeplab_geo.cli import main; main()", "run",
-                   str(pipeline), "--quiet"]
-        for item in args.sets:
-            command += ["--set", item]
-        runs[name] = measure(command, env=env)
-        if runs[name].returncode != 0:
-            raise SystemExit(runs[name].stderr)
+    first = "deeplab-geo (first run: exports the model)"
+    shutil.rmtree(work / "cache", ignore_errors=True)
+    runs = {first: _deeplab_geo(work, pipeline, args.sets, env)}
+    ratios: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        rows = _backend_alone(scene, weights, env)
+        runs["deeplab-geo"] = _deeplab_geo(work, pipeline, args.sets, env)
+        for name, row in rows.items():
+            ratios.setdefault(name, []).append(row["seconds"] / runs["deeplab-geo"].wall_s)
     report = json.loads((work / "dg_out" / "run.json").read_text())
 
     peers = {}
@@ -151,13 +146,40 @@ def main() -> None:
               f"{m.tree_rss_mb:.0f} | {polygons} |")
     ours = runs["deeplab-geo"]
     print(f"\ndeeplab-geo stages (s): {report['timings_s']}")
-    for name, row in rows.items():
-        print(f"end to end / backend alone ({name}): {row['seconds'] / ours.wall_s:.2f}")
+    for name, values in ratios.items():
+        rounds = ", ".join(f"{value:.2f}" for value in values)
+        print(f"end to end / backend alone ({name}): median {statistics.median(values):.2f} "
+              f"(rounds: {rounds})")
     if "Raster Vision 0.31.1" in peers:
         rv = peers["Raster Vision 0.31.1"][0]
         print(f"throughput vs Raster Vision: {rv.wall_s / ours.wall_s:.2f}x; peak RSS vs "
               f"Raster Vision: {ours.peak_rss_mb / rv.peak_rss_mb:.2f}x (largest process), "
               f"{ours.tree_rss_mb / rv.tree_rss_mb:.2f}x (process tree)")
+
+
+def _backend_alone(scene: Path, weights: Path, env: dict[str, str]) -> dict[str, dict]:
+    """The backend alone forwarding the scene once, each way, in a fresh process each."""
+    rows = {}
+    for mode, size in (("one-session", 512), ("split", 512), ("split", FITTED)):
+        done = subprocess.run([sys.executable, "-c", BACKEND_ALONE, str(scene), str(weights),
+                               mode, str(size)], env=env, capture_output=True, text=True,
+                              check=True)
+        rows[f"backend alone ({mode}, {size} px tiles)"] = \
+            json.loads(done.stdout.strip().splitlines()[-1])
+    return rows
+
+
+def _deeplab_geo(work: Path, pipeline: Path, sets: list[str], env: dict[str, str]):
+    """One measured ``deeplab-geo run`` of the pipeline into a fresh output folder."""
+    shutil.rmtree(work / "dg_out", ignore_errors=True)
+    command = [sys.executable, "-c", "from deeplab_geo.cli import main; main()", "run",
+               str(pipeline), "--quiet"]
+    for item in sets:
+        command += ["--set", item]
+    m = measure(command, env=env)
+    if m.returncode != 0:
+        raise SystemExit(m.stderr)
+    return m
 
 
 def _peer(python: Path, script: Path, scene: Path, weights: Path, *extra: Path):
