@@ -200,7 +200,7 @@ def test_mostly_nodata_raster_far_larger_than_memory(tmp_path, pixelwise):
     tracemalloc.start()
     try:
         result = run(config(tmp_path, vrt, model={"backend": "pixelwise", "batch_size": 4},
-                            tiling={"tile_size": 1024, "overlap": 64}))
+                            tiling={"tile_size": 1024, "overlap": 64}, quicklook=True))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -214,6 +214,20 @@ def test_mostly_nodata_raster_far_larger_than_memory(tmp_path, pixelwise):
     for key in ("classes", "confidence", "polygons"):
         assert result.outputs[key].stat().st_size < 5 * 2**20  # sparse: blocks of data only
     assert result.report["polygons"] > 0
+    assert result.outputs["quicklook"].stat().st_size > 0
+
+
+def test_a_preview_averages_only_what_gdal_can_average_cheaply():
+    from rasterio.enums import Resampling
+
+    from deeplab_geo.raster.quicklook import preview_resampling
+
+    preview = (1024, 1024)
+    assert preview_resampling(8192, 8192, preview, False) == Resampling.average
+    assert preview_resampling(100_000, 100_000, preview, True) == Resampling.average
+    # without overviews, averaging would read all 10 Gpx of a mosaic (27 s against 0.1 s)
+    assert preview_resampling(100_000, 100_000, preview, False) == Resampling.nearest
+    assert preview_resampling(512, 512, (1024, 1024), False) == Resampling.nearest
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Quicklook PNG: the input beside its coloured class map, with a legend.
 
 Both rasters are read at reduced resolution (decimated reads), so memory does not grow with the
-scene.
+scene. The input is averaged where that is cheap (it has overviews, or is small enough to read
+whole); a larger input without overviews, a 100,000 px mosaic VRT say, is sampled instead,
+because averaging would read every one of its pixels (27 s against 0.1 s at 100,000 px).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from deeplab_geo.crf import ColourMapping, colour_features
 from deeplab_geo.raster.stitch import CLASS_NODATA
 
 _MAX_SIDE = 1024
+_AVERAGE_MAX_PIXELS = 1 << 28
+"""Inputs without overviews up to this many pixels (16,384 px square) are averaged."""
 _LEGEND_ROW = 22
 
 
@@ -25,7 +29,8 @@ def render_quicklook(input_path: Path, classes_path: Path, class_names: list[str
     """Write a PNG: input (left), classes (right), legend (below)."""
     with rasterio.open(input_path) as src:
         shape = _preview_shape(src.height, src.width)
-        resampling = Resampling.average if shape[0] < src.height else Resampling.nearest
+        resampling = preview_resampling(src.height, src.width, shape,
+                                        bool(src.overviews(1)))
         image = src.read(out_shape=(src.count, *shape), resampling=resampling, masked=True)
     with rasterio.open(classes_path) as src:
         classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
@@ -63,6 +68,17 @@ def _input_colours(image: np.ma.MaskedArray) -> np.ndarray:
     colours = colour_features(data, mapping)
     colours[nodata] = 0
     return colours
+
+
+def preview_resampling(height: int, width: int, shape: tuple[int, int],
+                       overviews: bool) -> Resampling:
+    """How the input is reduced to ``shape``: averaged when it is reduced and GDAL can average
+    it cheaply (from overviews, or from at most ``_AVERAGE_MAX_PIXELS``), else sampled."""
+    if shape[0] >= height:
+        return Resampling.nearest
+    if overviews or height * width <= _AVERAGE_MAX_PIXELS:
+        return Resampling.average
+    return Resampling.nearest
 
 
 def _preview_shape(height: int, width: int) -> tuple[int, int]:
