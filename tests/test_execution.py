@@ -339,21 +339,10 @@ def test_run_goes_on_when_a_crf_worker_is_killed(tmp_path, pixelwise):
         assert (a.read(1) == b.read(1)).all()
 
 
-_HEAP = """
-import sys
-import numpy as np
-from deeplab_geo.processes import bound_heap
-def resident_mb():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-bounded = sys.argv[1] == "bounded" and bound_heap()
-big = np.ones(24 << 20, np.uint8)
-del big  # glibc's own threshold for a block of its own would rise to 24 MiB here
-before = resident_mb()
-blocks = [np.ones(6 << 20, np.uint8) for _ in range(34)]  # tile-sized arrays
-kept = blocks.pop()  # the newest block stays in use, as the next batch's arrays do
-del blocks
-print(bounded, resident_mb() - before)
-"""
+_HEAP = ("import sys; from deeplab_geo.processes import bound_heap; "
+         "from tests.heap_probe import freed_arrays_resident_mb; "
+         "bounded = sys.argv[1] == 'bounded' and bound_heap(); "
+         "print(bounded, freed_arrays_resident_mb())")
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm") or os.uname().sysname != "Linux",
@@ -364,8 +353,9 @@ def test_freed_tile_sized_arrays_go_back_to_the_system(mode):
     them resident behind a block still in use (the growth the 100,000 px run measured)."""
     import sys
 
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", _HEAP, mode], capture_output=True, text=True,
-                          check=True)
+                          check=True, cwd=root)
     bounded, grown_mb = done.stdout.split()
     if mode == "bounded":
         assert bounded == "True" and float(grown_mb) < 20
@@ -383,16 +373,6 @@ def test_helper_processes_and_runs_bound_the_heap(tmp_path, scene, pixelwise, mo
 
 def _heap_is_bounded() -> bool:
     """In a helper: whether freed 6 MiB arrays leave (they do once bound_heap has run)."""
-    import numpy as np
+    from tests.heap_probe import freed_arrays_resident_mb
 
-    def resident_mb():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096 / 2**20
-
-    big = np.ones(24 << 20, np.uint8)
-    del big
-    before = resident_mb()
-    blocks = [np.ones(6 << 20, np.uint8) for _ in range(17)]
-    kept = blocks.pop()
-    del blocks
-    return resident_mb() - before < 20 and kept.size > 0
+    return freed_arrays_resident_mb() < 20
