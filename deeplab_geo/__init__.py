@@ -25,6 +25,7 @@ _API = {
     "load_train_config": "deeplab_geo.config",
     "PipelineConfig": "deeplab_geo.config",
     "run": "deeplab_geo.pipeline.runner",
+    "plan": "deeplab_geo.pipeline.runner",
     "RunResult": "deeplab_geo.pipeline.runner",
     "run_batch": "deeplab_geo.pipeline.batch",
     "segment": "deeplab_geo.xarray",

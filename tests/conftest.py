@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,16 @@ def pixelwise():
     pm.register(plugin, name="pixelwise-test")
     yield plugin.backend
     pm.unregister(plugin)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 320 KB tmpfs; skipped where mounting is impossible (not root, say)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)

@@ -63,8 +63,9 @@ def test_progress_bar_reports_tiles(tiny_pipeline):
 def test_json_progress_lines_for_programs(tiny_pipeline):
     result = CliRunner().invoke(main, ["run", str(tiny_pipeline), "--progress", "json"])
     assert result.exit_code == 0, result.output
-    events = [json.loads(line)["progress"] for line in result.stderr.splitlines()
-              if line.startswith("{")]
+    objects = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert "plan" in objects[0]  # first the run's plan (tests/test_planning.py), then progress
+    events = [o["progress"] for o in objects[1:]]
     assert events[0] == {"done": 0, "total": 6, "unit": "tile"}
     assert events[-1]["done"] == 6
     assert [e["done"] for e in events] == sorted(e["done"] for e in events)

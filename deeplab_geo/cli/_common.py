@@ -207,6 +207,19 @@ def progress_factory(style: str, unit: str) -> Callable[[int], Any] | None:
     return None
 
 
+def plan_printer(style: str) -> Callable[[Any], None] | None:
+    """What prints a run's plan before its tiles (see :mod:`deeplab_geo.pipeline.planning`):
+    its one line on stderr, or for ``--progress json`` a JSON object ``{"plan": {...}, "text":
+    "Plan: ..."}`` on one line (the QGIS plugin shows its text in the log); nothing with
+    ``none``."""
+    if style == "none":
+        return None
+    if style == "json":
+        return lambda plan: click.echo(json.dumps({"plan": plan.report(), "text": plan.text()}),
+                                       err=True)
+    return lambda plan: click.echo(plan.text(), err=True)
+
+
 def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--progress bar|json|none`` (and ``--quiet``, the same as ``--progress none``)."""
     func = click.option("--quiet", is_flag=True, help="No progress output (= --progress none).")(

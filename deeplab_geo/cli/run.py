@@ -20,6 +20,7 @@ import click
 
 from deeplab_geo.cli._common import (
     parse_overrides,
+    plan_printer,
     progress_factory,
     progress_option,
     reports_errors,
@@ -70,7 +71,8 @@ def command(pipeline: Path, input_path: str | None, output_dir: Path | None,
         show_log_messages()
     config = load_pipeline(pipeline, values)
     progress = progress_factory("none" if quiet else progress_style, "tile")
-    result = run_batch(config, force=force, progress=progress, on_outcome=_echo_outcome)
+    result = run_batch(config, force=force, progress=progress, on_outcome=_echo_outcome,
+                           on_plan=plan_printer("none" if quiet else progress_style))
     if result.batch:
         counts = {s: sum(o.status == s for o in result.outcomes)
                   for s in ("done", "skipped", "failed")}

@@ -19,6 +19,7 @@ import yaml
 
 from deeplab_geo.cli._common import (
     parse_overrides,
+    plan_printer,
     progress_factory,
     progress_option,
     reports_errors,
@@ -77,7 +78,8 @@ def command(rasters: tuple[str, ...], output_dir: Path, checkpoint: str, device:
             click.echo("# the pipeline used (save it as a .yaml file to rerun it with "
                        "`deeplab-geo run`):")
             click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
-        result = run_batch(config, force=force, progress=progress, on_outcome=_echo_outcome)
+        result = run_batch(config, force=force, progress=progress, on_outcome=_echo_outcome,
+                           on_plan=plan_printer("none" if quiet else progress_style))
         failed = failed or bool(result.failed)
     if failed:
         sys.exit(1)

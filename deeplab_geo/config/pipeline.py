@@ -29,7 +29,9 @@ class ModelSettings(_Section):
     ``resolution`` is the ground sampling distance the model works at: ``auto`` takes the
     model's own (its metadata's ``resolution``) and runs at the raster's where it has none,
     ``native`` always runs at the raster's, a number (metres per pixel) sets it. Windows are
-    resampled to it before inference and the probabilities back to the raster's grid.
+    resampled to it before inference and the probabilities back to the raster's grid. A raster
+    finer than the model is shrunk to it; one coarser by up to ``max_upsample`` is enlarged with
+    a warning; one coarser still is refused (see docs/models.md, "Resolution").
     ``metadata`` adds to or corrects what a foreign model (a zoo ``.onnx``) says of itself,
     with the zoo's keys (``class_names``, ``resolution`` in cm/px, ``tiles_size``,
     ``standardization_mean``, ...; see :mod:`deeplab_geo_onnx.zoo`).
@@ -52,7 +54,13 @@ class ModelSettings(_Section):
     """Ground sampling distance the model works at: ``auto`` takes the model's own (its metadata's
     ``resolution``) and runs at the raster's where it has none, ``native`` always runs at the
     raster's, a number (metres per pixel) sets it. Windows are resampled to it before inference
-    and the probabilities back to the raster's grid."""
+    and the probabilities back to the raster's grid. With ``auto``, a raster coarser than the
+    model by more than ``max_upsample`` is refused before anything is read."""
+    max_upsample: float = Field(2.0, ge=1.0, le=1000.0)
+    """With ``resolution: auto``, how much coarser than the model's a raster's pixels may be:
+    up to this factor the raster is upsampled to the model's resolution (with a warning);
+    beyond it the run is refused, since the job would grow by the factor squared (a 300 m
+    scene given to a 0.5 m model: 600 x 600 times the pixels). 1 never upsamples."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Adds to or corrects what a foreign model (a zoo ``.onnx``) says of itself, with the zoo's
     keys: ``class_names`` (id -> name), ``resolution`` in cm/px, ``tiles_size``,
@@ -256,6 +264,11 @@ class ExecutionSettings(_Section):
     the threads that compute batches: ``workers`` locally, all worker threads on a cluster)."""
     http_timeout_s: int = Field(30, ge=1, le=3600)
     """Seconds allowed for each HTTP request of a remote input (``https://``, STAC)."""
+
+    def batches_in_flight(self, threads: int) -> int:
+        """Batches allowed in flight: ``in_flight``, or twice the ``threads`` that compute
+        batches."""
+        return self.in_flight or max(2, 2 * threads)
 
 
 class InputSettings(_Section):

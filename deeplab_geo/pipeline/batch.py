@@ -258,17 +258,17 @@ OnOutcome = Callable[[int, int, ItemOutcome], None]
 
 
 def run_batch(config: PipelineConfig, *, force: bool = False,
-              progress: Callable[[int], Any] | None = None,
-              on_outcome: OnOutcome | None = None) -> BatchResult:
+              progress: Callable[[int], Any] | None = None, on_outcome: OnOutcome | None = None,
+              on_plan: Callable[[Any], None] | None = None) -> BatchResult:
     """Run ``config`` over every raster its ``input`` names (see the module docstring).
 
     Args:
         config: a validated pipeline.
         force: redo inputs the manifest records as finished.
         progress: tile progress factory for each input (see
-            :func:`~deeplab_geo.pipeline.runner.run`);
-            used only when inputs run one at a time.
+            :func:`~deeplab_geo.pipeline.runner.run`); used only when inputs run one at a time.
         on_outcome: called with ``(index, total, outcome)`` as each input ends.
+        on_plan: given to :func:`~deeplab_geo.pipeline.runner.run` for each input.
 
     Raises:
         DeepLabGeoError: for a single raster, its error (nothing is written); for a batch,
@@ -291,7 +291,8 @@ def run_batch(config: PipelineConfig, *, force: bool = False,
                 item_config = updated(config, {"input": item.path,
                                                "output_dir": item.output_dir})
                 try:
-                    result = run(item_config, progress=progress if parallel == 1 else None)
+                    result = run(item_config, progress=progress if parallel == 1 else None,
+                                 on_plan=on_plan)
                 except DeepLabGeoError as exc:
                     if not batch:
                         raise

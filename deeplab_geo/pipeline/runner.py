@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,16 @@ from dask.callbacks import Callback
 
 import deeplab_geo
 from deeplab_geo import crf as crf_module
-from deeplab_geo.checkpoints import ModelInfo
+from deeplab_geo.checkpoints import ModelInfo, read_info
 from deeplab_geo.config import PipelineConfig, updated
-from deeplab_geo.errors import InputError
+from deeplab_geo.errors import CheckpointError, InputError
 from deeplab_geo.pipeline import cluster as cluster_module
+from deeplab_geo.pipeline import planning
 from deeplab_geo.pipeline.windows import (
     TileJob,
     WindowPlan,
     crf_params,
+    model_resolution,
     plan_windows,
     process_batch,
     window_settings,
@@ -63,9 +66,10 @@ from deeplab_geo.raster.stitch import (
     StripAssembler,
     TileCore,
 )
-from deeplab_geo.vectorize import SUFFIXES, vectorize, vectorize_strips
+from deeplab_geo.vectorize import SUFFIXES
 
 ProgressFactory = Callable[[int], Any]
+PlanCallback = Callable[["planning.RunPlan"], None]
 
 @dataclass
 class RunResult:
@@ -88,43 +92,100 @@ def output_names(input_path: Path, polygon_format: str = "gpkg") -> dict[str, st
     }
 
 
-def run(config: PipelineConfig, *, progress: ProgressFactory | None = None) -> RunResult:
+def run(config: PipelineConfig, *, progress: ProgressFactory | None = None,
+        on_plan: PlanCallback | None = None) -> RunResult:
     """Run a pipeline end to end.
 
     Args:
         config: a validated pipeline (see :func:`deeplab_geo.config.load_pipeline`).
         progress: called with the number of tiles; returns an object with ``update(n)`` and
             ``close()`` (a ``tqdm`` bar, say). ``None`` shows nothing.
+        on_plan: called with the run's :class:`~deeplab_geo.pipeline.planning.RunPlan` once it
+            is made, before any tile is predicted (the CLI prints it).
 
     Raises:
-        DeepLabGeoError: bad input, checkpoint, backend or output directory, or a write that
+        DeepLabGeoError: bad input, checkpoint, backend or output directory, a raster far
+            coarser than the model, outputs larger than the free disk space, or a write that
             failed (a full disk: :class:`~deeplab_geo.errors.OutputError`); nothing is written.
     """
     bound_heap()  # tile buffers go back to the system when freed (process-wide)
+    with _reading(config) as (config, origin):
+        return _run(config, progress, origin, on_plan)
+
+
+def plan(config: PipelineConfig, *, remeasure: bool = False) -> planning.RunPlan:
+    """The plan of running ``config`` on its (one) input, without running it: what
+    :func:`run` prints first (see :mod:`~deeplab_geo.pipeline.planning`).
+
+    Args:
+        remeasure: time the model and the CRF again, even where this machine has before.
+
+    Raises:
+        DeepLabGeoError: what :func:`run` would refuse before it starts (the same messages),
+            outputs larger than the free disk space included.
+    """
+    with _reading(config) as (config, _):
+        prepared = _prepare(config, remeasure)
+    planning.check_disk(prepared.run_plan, config.output_dir)
+    return prepared.run_plan
+
+
+@contextmanager
+def _reading(config: PipelineConfig) -> Iterator[tuple[PipelineConfig, sources.Origin]]:
+    """GDAL's settings for the run, and the input made local (STAC Items, URLs)."""
     with rasterio.Env(GDAL_CACHEMAX=config.execution.gdal_cache_mb * 2**20,
                       **sources.gdal_options(config)), \
             sources.local_input(config) as (config, origin):
-        return _run(config, progress, origin)
+        yield config, origin
 
 
-def _run(config: PipelineConfig, progress: ProgressFactory | None,
-         origin: sources.Origin) -> RunResult:
-    timings: dict[str, float] = {}
+@dataclass
+class _Prepared:
+    """What a run knows before its first tile: the model, the geometry and the plan."""
+
+    config: PipelineConfig
+    info: ModelInfo
+    profile: dict[str, Any]
+    plan: WindowPlan
+    grid: list[tiling.Tile]
+    crf: tuple[crf_module.CRFParams, crf_module.ColourMapping] | None
+    run_plan: planning.RunPlan
+    load_s: float
+
+
+def _prepare(config: PipelineConfig, remeasure: bool = False) -> _Prepared:
+    """Load the model, check the raster against it, cut the grid and make the plan."""
     started = time.perf_counter()
     backend_name = choose_backend(config.model.backend, config.model.device)
     config = updated(config, {"model.backend": backend_name})
-    predictor = load_model(backend_name, config.model.checkpoint, config.model.device,
-                           config.model.metadata)
-    info = predictor.info
     with io.open_raster(config.input) as ds:
+        _refuse_early(config, ds)
+        predictor = load_model(backend_name, config.model.checkpoint, config.model.device,
+                               config.model.metadata)
+        info = predictor.info
         io.check_raster(ds, bands=info.in_channels)
-        profile = ds.profile
         plan = plan_windows(config, info, ds)
         grid = plan.grid(ds.height, ds.width)
         crf = None
         if (params := crf_params(config, plan, ds)) is not None:
             crf = (params, crf_module.colour_mapping(ds, config.crf.bands, config.crf.stretch))
-    timings["load"] = time.perf_counter() - started
+        load_s = time.perf_counter() - started
+        run_plan = planning.make_plan(config, predictor, ds, plan, grid, crf,
+                                      remeasure=remeasure)
+        return _Prepared(config, info, ds.profile, plan, grid, crf, run_plan, load_s)
+
+
+def _run(config: PipelineConfig, progress: ProgressFactory | None,
+         origin: sources.Origin, on_plan: PlanCallback | None) -> RunResult:
+    started = time.perf_counter()
+    prepared = _prepare(config)
+    config, info, profile = prepared.config, prepared.info, prepared.profile
+    plan, grid, crf, run_plan = prepared.plan, prepared.grid, prepared.crf, prepared.run_plan
+    planning.check_disk(run_plan, config.output_dir)
+    if on_plan is not None:
+        on_plan(run_plan)
+    timings = {"load": prepared.load_s,
+               "plan": time.perf_counter() - started - prepared.load_s}
     names = _output_names(config)
     with io.staged_outputs(config.output_dir) as staging:
         staged = {key: staging / name for key, name in names.items()}
@@ -138,14 +199,30 @@ def _run(config: PipelineConfig, progress: ProgressFactory | None,
                 timings["quicklook"] = time.perf_counter() - t0
             timings["total"] = time.perf_counter() - started
             report = _report(config, profile, grid, counts, info.classes, timings,
-                             polygon_count, plan)
+                             polygon_count, plan, run_plan)
             staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             item = stac.run_item(config.input.stem,
                                  {k: n for k, n in names.items() if k != "item"}, profile,
                                  info.classes, info.colours, origin)
             staged["item"].write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
             outputs = io.publish(staged, config.output_dir)
+    planning.record_run(config, plan, run_plan, timings)
     return RunResult(outputs=outputs, report=report)
+
+
+def _refuse_early(config: PipelineConfig, ds: rasterio.DatasetReader) -> None:
+    """Refuse a raster the model cannot take before the model loads (a first load may export
+    it, which takes seconds), where its metadata can be read without loading it: a
+    deeplab-geo checkpoint's JSON. ``.onnx`` models are checked once their backend has read
+    them."""
+    if str(config.model.checkpoint).lower().endswith(".onnx"):
+        return
+    try:
+        info = read_info(config.model.checkpoint)
+    except CheckpointError:
+        return  # the backend says what is wrong with it
+    io.check_raster(ds, bands=info.in_channels)
+    model_resolution(config, info, ds)
 
 
 def _output_names(config: PipelineConfig) -> dict[str, str]:
@@ -205,10 +282,7 @@ def _write_maps(config: PipelineConfig, info: ModelInfo, profile: dict[str, Any]
             timings["vectorize"] = time.perf_counter() - t0
         elif config.vectorize.enabled:  # small-region merging needs the whole raster
             t0 = time.perf_counter()
-            polygon_count = vectorize(staged["classes"], staged["polygons"],
-                                      class_names=info.classes, settings=config.vectorize,
-                                      confidence=staged.get("confidence"),
-                                      source=config.input.name).polygons
+            polygon_count = _vectorize_whole(config, info, staged)
             timings["vectorize"] = time.perf_counter() - t0
     finally:
         stopped.set()
@@ -220,9 +294,20 @@ def _write_maps(config: PipelineConfig, info: ModelInfo, profile: dict[str, Any]
     return writer.counts, polygon_count
 
 
+def _vectorize_whole(config: PipelineConfig, info: ModelInfo, staged: dict[str, Path]) -> int:
+    """The polygons of the finished class raster; returns their count."""
+    from deeplab_geo.vectorize import vectorize  # GeoPandas loads when needed
+
+    return vectorize(staged["classes"], staged["polygons"], class_names=info.classes,
+                     settings=config.vectorize, confidence=staged.get("confidence"),
+                     source=config.input.name).polygons
+
+
 def _polygon_stream(config: PipelineConfig, info: ModelInfo, profile: dict[str, Any],
                     path: Path) -> _Background:
     """A thread that makes the polygons of the strips put to it, as they are finished."""
+    from deeplab_geo.vectorize import vectorize_strips  # GeoPandas loads when needed
+
     return _Background(lambda strips: vectorize_strips(
         strips, path, crs=profile["crs"].to_wkt(), transform=profile["transform"],
         width=profile["width"], height=profile["height"], class_names=info.classes,
@@ -239,11 +324,6 @@ def _streams_polygons(config: PipelineConfig) -> bool:
     which needs the finished class raster."""
     settings = config.vectorize
     return settings.enabled and not (settings.min_area > 0 and settings.min_area_mode == "merge")
-
-
-def in_flight(config: PipelineConfig, threads: int) -> int:
-    """Batches allowed in flight: ``execution.in_flight``, or twice the computing threads."""
-    return config.execution.in_flight or max(2, 2 * threads)
 
 
 def _predict_all(config: PipelineConfig, plan: WindowPlan, grid: list[tiling.Tile],
@@ -265,10 +345,10 @@ def _predict_all(config: PipelineConfig, plan: WindowPlan, grid: list[tiling.Til
     try:
         with cluster_module.connect(config.cluster, config.model.device) as client:
             if client is None:
-                limit = in_flight(config, config.execution.workers)
+                limit = config.execution.batches_in_flight(config.execution.workers)
                 _compute_local(jobs, hand_on, bar, config.execution.workers, limit)
             else:
-                limit = in_flight(config, sum(client.nthreads().values()))
+                limit = config.execution.batches_in_flight(sum(client.nthreads().values()))
                 _compute_distributed(client, jobs, hand_on, bar, limit)
     finally:
         if bar is not None:
@@ -401,7 +481,8 @@ class _Background:
 
 def _report(config: PipelineConfig, profile: dict, grid: list[tiling.Tile], counts: np.ndarray,
             class_names: list[str], timings: dict[str, float],
-            polygon_count: int | None, plan: WindowPlan) -> dict[str, Any]:
+            polygon_count: int | None, plan: WindowPlan,
+            run_plan: planning.RunPlan) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -423,6 +504,7 @@ def _report(config: PipelineConfig, profile: dict, grid: list[tiling.Tile], coun
                                        max(t.col.size for t in grid)],
                    "tiled_pixels_per_pixel": round(tiled / pixels, 4)},
         "windows": plan.report(),
+        "plan": run_plan.report(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "throughput_mpx_s": round(pixels / 1e6 / timings["predict_and_refine"], 4),
         "pixels_per_class": {n: int(c) for n, c in zip(class_names, counts)},

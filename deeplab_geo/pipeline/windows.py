@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ import rasterio
 from deeplab_geo import crf as crf_module
 from deeplab_geo.checkpoints import ModelInfo
 from deeplab_geo.config import PipelineConfig, TTASettings
-from deeplab_geo.errors import ConfigError
+from deeplab_geo.errors import ConfigError, InputError
 from deeplab_geo.pipeline import tta
 from deeplab_geo.plugins import load_model
 from deeplab_geo.raster import io, resample, tiling
@@ -112,11 +113,97 @@ def plan_windows(config: PipelineConfig, info: ModelInfo, ds: rasterio.DatasetRe
     small to keep a core as wide as the overlap grows to twice the overlap, with a warning if
     the pipeline set ``tile_size``). An explicit overlap below twice the reach logs a warning
     that names the reach. Where the model runs at the raster's resolution, tiles start at
-    multiples of its alignment (:attr:`ModelInfo.alignment`).
+    multiples of its alignment (:attr:`ModelInfo.alignment`). The resolution follows
+    :func:`model_resolution`; a raster that is upsampled logs a warning.
 
     Raises:
         ConfigError: a tile size or batch size the model cannot take.
+        InputError: a raster far coarser than the model (see :func:`model_resolution`).
     """
+    tile_size, batch_size, overlap, overlap_source, note = _sizes(config, info)
+    raster_m, model_m, source = model_resolution(config, info, ds)
+    if note is not None:
+        log.log(*note)
+    scale = raster_m / model_m if raster_m and model_m else 1.0
+    fit = info.input_size is None
+    if abs(scale - 1) < _SAME:
+        return WindowPlan(tile_size, overlap, tile_size, batch_size, raster_m, model_m, source,
+                          info.alignment, overlap_source, fit)
+    if scale > 1:
+        log.warning("%s: its pixels (%s) are %.3gx coarser than the model's (%s): upsampled to "
+                    "%s px (%s)", _name(ds), metres_text(raster_m), scale, metres_text(model_m),
+                    _size(ds.width * scale, ds.height * scale),
+                    f"model.max_upsample: {config.model.max_upsample:g}"
+                    if source == "model metadata" else source)
+    tile = max(1, round(tile_size / scale))
+    raster_overlap = min(tile - 1, round(overlap / scale))
+    return WindowPlan(tile, raster_overlap, tile_size, batch_size, raster_m, model_m, source,
+                      1, overlap_source, fit)
+
+
+def model_resolution(config: PipelineConfig, info: ModelInfo, ds: Any
+                     ) -> tuple[float | None, float | None, str]:
+    """The raster's and the model's pixel size on the ground (metres), and where the model's
+    came from.
+
+    The rule (``model.resolution``): ``native`` runs at the raster's resolution, and so does
+    ``auto`` for a model that declares none or a raster without a CRS; ``auto`` otherwise takes
+    the model's declared resolution, and a number sets it. Rasters in a geographic CRS are
+    measured in metres at their centre (:func:`~deeplab_geo.raster.io.ground_pixel_size_m`).
+
+    Raises:
+        InputError: with ``auto``, a raster coarser than the model by more than
+            ``model.max_upsample``: the message names both resolutions, the factor, the size
+            and tile count the job would have, and the ways out. Only the raster's header is
+            read.
+    """
+    raster_m = io.ground_pixel_size_m(ds) if ds.crs is not None else None
+    setting = config.model.resolution
+    if setting == "native" or (setting == "auto" and info.resolution is None) \
+            or raster_m is None:
+        return raster_m, raster_m, "raster (native)"
+    if setting != "auto":
+        return raster_m, float(setting), "model.resolution"
+    model_m = float(info.resolution)
+    factor = raster_m / model_m
+    limit = config.model.max_upsample
+    if factor > limit * (1 + _SAME):
+        tile_size, _, overlap, _, _ = _sizes(config, info)
+        height, width = round(ds.height * factor), round(ds.width * factor)
+        fit = info.input_size is None
+        tiles = len(tiling.axis_spans(height, tile_size, overlap, 1, fit)) \
+            * len(tiling.axis_spans(width, tile_size, overlap, 1, fit))
+        raise InputError(
+            f"{_name(ds)}: its pixels ({metres_text(raster_m)}) are {factor:,.3g}x coarser than "
+            f"the model's ({metres_text(model_m)}), so the job would grow from "
+            f"{_size(ds.width, ds.height)} to {_size(width, height)} px ({tiles:,} tiles; "
+            f"model.max_upsample is {limit:g}); run at the raster's resolution with "
+            "model.resolution: native, name one with model.resolution: <m/px>, or use a model "
+            f"made for about {metres_text(raster_m)} pixels")
+    return raster_m, model_m, "model metadata"
+
+
+def _name(ds: Any) -> str:
+    return PurePath(str(ds.name)).name
+
+
+def metres_text(value: float | None) -> str:
+    """A ground distance for messages: ``5 cm``, ``0.5 m``, ``300 m``, ``1.2 km``."""
+    if value is None:
+        return "unknown"
+    if value < 0.1:
+        return f"{value * 100:.3g} cm"
+    return f"{value:.3g} m" if value < 1000 else f"{value / 1000:,.3g} km"
+
+
+def _size(width: float, height: float) -> str:
+    return f"{round(width):,} x {round(height):,}"
+
+
+def _sizes(config: PipelineConfig, info: ModelInfo
+           ) -> tuple[int, int, int, str, tuple[int, str, Any] | None]:
+    """Tile size, batch size, overlap (model pixels), where the overlap came from, and a note
+    to log (or ``None``)."""
     asked = config.tiling.model_fields_set
     tile_size, batch_size = config.tiling.tile_size, config.model.batch_size
     if info.input_size is not None:
@@ -129,42 +216,28 @@ def plan_windows(config: PipelineConfig, info: ModelInfo, ds: rasterio.DatasetRe
             raise ConfigError(f"model.batch_size {batch_size}: the model takes batches of "
                               f"{info.batch_size} only; leave batch_size out")
         batch_size = info.batch_size
-    tile_size, overlap, overlap_source = _tile_and_overlap(config, info, tile_size)
-    raster_m = io.ground_pixel_size_m(ds) if ds.crs is not None else None
-    setting = config.model.resolution
-    if setting == "native" or (setting == "auto" and info.resolution is None) \
-            or raster_m is None:
-        model_m, source = raster_m, "raster (native)"
-    elif setting == "auto":
-        model_m, source = info.resolution, "model metadata"
-    else:
-        model_m, source = float(setting), "model.resolution"
-    scale = raster_m / model_m if raster_m and model_m else 1.0
-    fit = info.input_size is None
-    if abs(scale - 1) < _SAME:
-        return WindowPlan(tile_size, overlap, tile_size, batch_size, raster_m, model_m, source,
-                          info.alignment, overlap_source, fit)
-    tile = max(1, round(tile_size / scale))
-    raster_overlap = min(tile - 1, round(overlap / scale))
-    return WindowPlan(tile, raster_overlap, tile_size, batch_size, raster_m, model_m, source,
-                      1, overlap_source, fit)
+    tile_size, overlap, overlap_source, note = _tile_and_overlap(config, info, tile_size)
+    return tile_size, batch_size, overlap, overlap_source, note
 
 
 def _tile_and_overlap(config: PipelineConfig, info: ModelInfo, tile_size: int
-                      ) -> tuple[int, int, str]:
-    """Tile size and overlap at the model's resolution, and where the overlap came from."""
+                      ) -> tuple[int, int, str, tuple[int, str, Any] | None]:
+    """Tile size and overlap at the model's resolution, where the overlap came from, and a
+    note to log (``(level, message, *args)``) or ``None``."""
     asked = config.tiling.model_fields_set
     overlap = config.tiling.overlap
     if overlap != "auto":
+        note = None
         if info.reach and overlap < 2 * info.reach:
-            log.warning("tiling.overlap %d is below the model's reach: it looks %d px around "
-                        "each pixel, so pixels nearer a tile's edge than that may differ from a "
-                        "whole-image prediction; use overlap: auto (%d px)",
-                        overlap, info.reach, 2 * info.reach)
+            note = (logging.WARNING,
+                    "tiling.overlap %d is below the model's reach: it looks %d px around "
+                    "each pixel, so pixels nearer a tile's edge than that may differ from a "
+                    "whole-image prediction; use overlap: auto (%d px)",
+                    overlap, info.reach, 2 * info.reach)
         if overlap >= tile_size:  # a model with a fixed, smaller input
             raise ConfigError(f"tiling.overlap {overlap}: the model's tiles are {tile_size} px; "
                               "give a smaller overlap")
-        return tile_size, overlap, "tiling.overlap"
+        return tile_size, overlap, "tiling.overlap", note
     if info.overlap is not None:
         overlap, source = info.overlap, "the model's own (tiles_overlap)"
         if overlap >= tile_size:
@@ -175,14 +248,14 @@ def _tile_and_overlap(config: PipelineConfig, info: ModelInfo, tile_size: int
         overlap, source = _FALLBACK_OVERLAP, "default (the model records no reach)"
     if tile_size - overlap < overlap:
         if info.input_size is not None:
-            return tile_size, min(overlap, tile_size // 2), source
+            return tile_size, min(overlap, tile_size // 2), source, None
         grown = -(-2 * overlap // 32) * 32
-        log.log(logging.WARNING if "tile_size" in asked else logging.INFO,
+        note = (logging.WARNING if "tile_size" in asked else logging.INFO,
                 "tiling.tile_size %d cannot hold the model's overlap of %d px and a core as "
                 "wide; tiles of %d px are used (give tiling.overlap to keep %d px tiles)",
                 tile_size, overlap, grown, tile_size)
-        tile_size = grown
-    return tile_size, overlap, source
+        return grown, overlap, source, note
+    return tile_size, overlap, source, None
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,12 @@ __all__ = ["LAYER", "SUFFIXES", "VectorizeResult", "label_regions", "polygonize"
 
 _HOMES = {"label_regions": "deeplab_geo.vectorize.labels"}
 
+SUFFIXES = {"gpkg": ".gpkg", "fgb": ".fgb", "geojson": ".geojson", "parquet": ".parquet"}
+"""The file suffix of each ``vectorize.format`` (here, so that naming outputs loads nothing)."""
+
 
 def __getattr__(name: str) -> Any:
-    if name not in __all__:
+    if name not in __all__ or name == "SUFFIXES":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(_HOMES.get(name, "deeplab_geo.vectorize.polygons")),
                     name)

@@ -23,6 +23,7 @@ from pyproj import CRS
 from deeplab_geo.config import VectorizeSettings
 from deeplab_geo.errors import ConfigError, InputError, OutputError
 from deeplab_geo.raster.stitch import Strip
+from deeplab_geo.vectorize import SUFFIXES
 from deeplab_geo.vectorize.geometry import (
     area_perimeter_m,
     as_multipolygons,
@@ -42,9 +43,6 @@ __all__ = ["LAYER", "SUFFIXES", "VectorizeResult", "label_regions", "polygonize"
 
 LAYER = "landcover"
 """Name of the single layer."""
-
-SUFFIXES = {"gpkg": ".gpkg", "fgb": ".fgb", "geojson": ".geojson", "parquet": ".parquet"}
-"""File extension of each ``vectorize.format``."""
 
 
 @dataclass(frozen=True)
