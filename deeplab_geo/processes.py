@@ -16,24 +16,85 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 from deeplab_geo.errors import WorkerError
 
 
-def die_with_parent() -> None:
-    """Ask Linux to end this process when the process that started it dies (e.g. ``kill -9``)."""
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``signum`` to this process when the process that started it dies (e.g.
+    ``kill -9``)."""
     if sys.platform.startswith("linux"):
         try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+
+
+def follow_parent(pid: int) -> bool:
+    """End this process, and the helper processes it starts, when process ``pid`` ends.
+
+    For a program that starts this one in a process group of its own (the QGIS plugin starts
+    the CLI so that Cancel can stop the group): when that program is killed, nothing else
+    would stop this process. Call it from the main thread, before any work.
+
+    When the parent dies, Linux sends SIGHUP (:func:`die_with_parent`). Its handler sends
+    SIGTERM to this process, which stops as SIGTERM makes it (the CLI removes what it had
+    staged), and to the helper processes, as Cancel does when it signals the whole group,
+    including any that threads still running start meanwhile: otherwise the exit would wait
+    for their work. A parent that died before the request is not noticed by it, so this then
+    checks that ``pid`` is still an ancestor of this process (an orphan is adopted by another
+    process, and ``pid`` may since name another one). An ancestor and not only the parent, so
+    that a wrapper script in between still works; the link itself is to the direct parent.
+
+    Returns:
+        ``False`` when ``pid`` is no longer an ancestor: the caller should exit at once.
+        ``True`` otherwise, and always off Linux, where this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return True
+    signal.signal(signal.SIGHUP, _stop_with_helpers)
+    die_with_parent(signal.SIGHUP)
+    ancestor = os.getppid()
+    while ancestor > 1:
+        if ancestor == pid:
+            return True
+        ancestor = _parent_of(ancestor)
+    return ancestor == pid
+
+
+_END_HELPERS_EVERY_S = 0.1
+
+
+def _stop_with_helpers(signum: int, frame: Any) -> None:
+    threading.Thread(target=_end_helpers, name="end-helpers", daemon=True).start()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _end_helpers() -> None:
+    """Terminate this process's helper processes, again and again until it exits."""
+    while True:
+        for helper in multiprocessing.active_children():
+            helper.terminate()
+        time.sleep(_END_HELPERS_EVERY_S)
+
+
+def _parent_of(pid: int) -> int:
+    """The parent of process ``pid`` (Linux /proc); 0 when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rpartition(")")[2].split()[1])  # after the name: state, ppid, ...
 
 
 def spawn_pool(processes: int, initializer: Callable[..., None] | None = None,

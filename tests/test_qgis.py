@@ -29,6 +29,14 @@ from scipy import ndimage
 
 from deeplab_geo.cli import main as cli_main
 from tests.conftest import TINY_CLASSES, TINY_COLOURS, two_region_image, write_raster
+from tests.test_parent_death import (
+    children_of,
+    command_line,
+    kill_all,
+    refining,
+    still_running,
+    wait_for,
+)
 
 QGIS_PROCESS = Path("/usr/bin/qgis_process.bin")
 QGIS_PYTHON = Path("/usr/bin/python3")
@@ -325,6 +333,7 @@ def test_segment_raster_streams_progress_and_loads_styled_outputs(qgis_home, tmp
                                      "OUTPUT": str(out / "classes.tif"),
                                      "OUTPUT_POLYGONS": str(out / "polygons.gpkg")})
     assert report["exception"] is None and report["errors"] == []
+    assert [i for i in report["infos"] if i.startswith("Plan: ")]  # the CLI's plan, as info
     assert report["commands"][0].startswith(f"{CLI} run ")
     progress = report["progress"]
     assert progress == sorted(progress) and progress[-1] == 100
@@ -379,3 +388,84 @@ def test_cancelling_stops_the_cli_and_leaves_no_outputs(qgis_home, tmp_path, tin
     assert 0 < report["progress"][-1] < 90  # stopped while tiles were being processed
     assert list(out.iterdir()) == []
     assert report["workdirs_left"] == [] and report["processes_left"] == []
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_killing_qgis_process_stops_the_cli_and_its_helpers(qgis_home, tmp_path,
+                                                            tiny_checkpoint):
+    """The CLI runs in a session of its own (for Cancel); its link to the plugin's process
+    (DEEPLAB_GEO_PARENT_PID) ends it, and its CRF helpers with it, when qgis_process dies.
+
+    Tiles of 784 px refined for 100 iterations: the CLI prints nothing for about 50 s, so a
+    write into the dead qgis_process's pipe cannot be what stops it."""
+    large = write_raster(tmp_path / "large.tif", two_region_image(3072, 3072))
+    out, tmp = tmp_path / "result", tmp_path / "tmp"
+    out.mkdir()
+    destinations = {"OUTPUT": out / "classes.tif", "OUTPUT_POLYGONS": out / "polygons.gpkg",
+                    "OUTPUT_CONFIDENCE": out / "confidence.tif"}
+    params = {"INPUT": large, "CHECKPOINT": tiny_checkpoint, "TILE_SIZE": 1024, "OVERLAP": 8,
+              "CRF": "true", "CRF_ITERATIONS": 100, **destinations}
+    qgis = subprocess.Popen([str(QGIS_PROCESS), "run", "deeplab_geo:segment_raster", "--",
+                             *(f"{key}={value}" for key, value in params.items())],
+                            env=qgis_env(qgis_home, tmp), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    found = []
+    try:
+        cli = wait_for(lambda: [pid for pid in children_of(qgis.pid)
+                                if "deeplab-geo" in command_line(pid)], "the CLI to start")[0]
+        found.append(cli)
+        wait_for(lambda: refining(cli), "CRF helpers refining tiles", timeout=TIMEOUT_S)
+        found += children_of(cli)  # the CRF helpers and multiprocessing's resource tracker
+        qgis.kill()
+        qgis.wait()
+        assert still_running(found, str(tmp)) == []
+        assert not any(path.exists() for path in destinations.values())
+        assert list(out.iterdir()) == []
+        # and the CLI removed what it had staged in the plugin's working folder
+        assert [p for p in tmp.rglob("*") if p.suffix in {".tif", ".gpkg"}] == []
+    finally:
+        qgis.kill()
+        kill_all(found)
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_plan_lines_reach_the_log_as_information(qgis_home, tmp_path, tiny_raster):
+    """A stand-in CLI prints a plan line, then fails: the plan is information, not an error,
+    and the failure is still the CLI's Error line. It also shows the parent pid it got."""
+    fake = tmp_path / "fake-deeplab-geo"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo '{\"progress\": {\"done\": 0, \"total\": 4, \"unit\": \"tile\"}}' >&2\n"
+        "echo '{\"plan\": {\"width\": 48}, \"text\": \"Plan: 64 x 48 px, 4 tiles\"}' >&2\n"
+        "echo \"Error: started by $DEEPLAB_GEO_PARENT_PID\" >&2\n"
+        "exit 1\n")
+    fake.chmod(0o755)
+    report = run_in_qgis(qgis_env(qgis_home, tmp_path / "tmp"), tmp_path,
+                         algorithm="deeplab_geo:segment_raster", executable=str(fake),
+                         parameters={"INPUT": str(tiny_raster),
+                                     "OUTPUT": str(tmp_path / "classes.tif")})
+    assert report["exception"] == f"Error: started by {report['pid']}"
+    assert "Plan: 64 x 48 px, 4 tiles" in report["infos"]
+    assert report["errors"] == [f"Error: started by {report['pid']}"]
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_runner_parses_progress_and_plan_lines():
+    """The runner's pure parsers, in QGIS's Python (the runner imports qgis.core)."""
+    lines = ['{"plan": {"tiles": 4}, "text": "Plan: 64 x 48 px, 4 tiles"}',
+             '{"progress": {"done": 1, "total": 4, "unit": "tile"}}',
+             '{"plan": {"tiles": 4}}', '{"plan": {}, "text": 3}', '{"text": "no plan"}',
+             '["plan"]', '{"plan": ', "Plan: 64 x 48 px", ""]
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+            "from deeplab_geo_qgis.runner import parse_plan, parse_progress; "
+            "lines = json.loads(sys.argv[2]); "
+            "print(json.dumps([[parse_plan(l), parse_progress(l)] for l in lines]))")
+    done = subprocess.run([str(QGIS_PYTHON), "-c", code, str(PLUGIN_DIR), json.dumps(lines)],
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["Plan: 64 x 48 px, 4 tiles", None], [None, [1, 4]],
+                                       *[[None, None]] * 7]

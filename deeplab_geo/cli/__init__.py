@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 import deeplab_geo
@@ -23,6 +25,19 @@ from deeplab_geo.cli import (
 @click.version_option(deeplab_geo.__version__, prog_name="deeplab-geo")
 def main() -> None:
     """DeepLab land-cover segmentation of large aerial and satellite rasters."""
+    # Set by programs that start this one (the QGIS plugin): end with that program.
+    parent = os.environ.get("DEEPLAB_GEO_PARENT_PID", "").strip()
+    if not parent:
+        return
+    if not parent.isdecimal() or int(parent) <= 0:
+        click.echo(f"Warning: DEEPLAB_GEO_PARENT_PID={parent!r} is not a process id; "
+                   "ignored", err=True)
+        return
+    from deeplab_geo.processes import follow_parent
+
+    if not follow_parent(int(parent)):
+        raise click.ClickException(f"process {parent} (DEEPLAB_GEO_PARENT_PID), which "
+                                   "started deeplab-geo, has ended; nothing was done")
 
 
 for module in (run, segment, sample, stack, schema, train, evaluate, export_onnx, import_model,

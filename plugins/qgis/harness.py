@@ -11,11 +11,13 @@ report goes) and optionally ``load`` (load outputs into a project, as the toolbo
 (a value for the provider's "deeplab-geo executable" setting).
 
 The report holds ``results`` or ``exception``, the progress values, the messages reported as
-errors, the command lines run, the renderer of every layer loaded into the project, and, taken
-right after the run, the plugin's working folders and the processes still using them.
+errors and as information, the command lines run, this process's id, the renderer of every
+layer loaded into the project, and, taken right after the run, the plugin's working folders and
+the processes still using them.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +38,7 @@ class RecordingFeedback(QgsProcessingFeedback):
 
     def __init__(self, cancel_on_progress):
         super().__init__()
-        self.progress, self.errors, self.commands = [], [], []
+        self.progress, self.errors, self.infos, self.commands = [], [], [], []
         self.cancel_on_progress = cancel_on_progress
         self.progressChanged.connect(self._on_progress)
 
@@ -48,6 +50,10 @@ class RecordingFeedback(QgsProcessingFeedback):
     def reportError(self, error, fatalError=False):
         self.errors.append(error)
         super().reportError(error, fatalError)
+
+    def pushInfo(self, info):
+        self.infos.append(info)
+        super().pushInfo(info)
 
     def pushCommandInfo(self, info):
         self.commands.append(info)
@@ -110,7 +116,8 @@ def main(request_path):
     except QgsProcessingException as exc:
         report["exception"] = str(exc)
     temp = QgsProcessingUtils.tempFolder()
-    report.update(progress=feedback.progress, errors=feedback.errors, commands=feedback.commands,
+    report.update(progress=feedback.progress, errors=feedback.errors, infos=feedback.infos,
+                  commands=feedback.commands, pid=os.getpid(),
                   cancelled=feedback.isCanceled(),
                   workdirs_left=sorted(str(p) for p in Path(temp).glob("deeplab-geo-*")),
                   processes_left=processes_mentioning(temp),

@@ -1,8 +1,11 @@
 """Find and run the ``deeplab-geo`` command line, streaming its progress into QGIS.
 
 The CLI runs with ``--progress json``: each stderr line ``{"progress": {"done": d, "total": t,
-"unit": "tile"}}`` moves the progress bar; every other stderr line is a message from the CLI and
-is reported verbatim. Cancelling stops the whole process group of the CLI.
+"unit": "tile"}}`` moves the progress bar, a line ``{"plan": {...}, "text": "Plan: ..."}`` puts
+its text in the log as information; every other stderr line is a message from the CLI and is
+reported verbatim. Cancelling stops the whole process group of the CLI. The CLI gets this
+process's id in ``DEEPLAB_GEO_PARENT_PID`` and ends itself, and its helper processes, when this
+process dies (QGIS or ``qgis_process`` killed).
 """
 
 import json
@@ -17,6 +20,7 @@ import threading
 from qgis.core import QgsProcessingException
 
 ENV_VAR = "DEEPLAB_GEO_EXECUTABLE"
+PARENT_PID_VAR = "DEEPLAB_GEO_PARENT_PID"
 EXECUTABLE_SETTING = "DEEPLAB_GEO_EXECUTABLE"
 DEFAULT_EXECUTABLE = "deeplab-geo"
 
@@ -64,10 +68,12 @@ def find_executable(setting_value, environ=None):
 
 
 def child_environment(environ=None):
-    """The environment for the CLI: QGIS's own Python, GDAL and PROJ variables removed."""
+    """The environment for the CLI: QGIS's own Python, GDAL and PROJ variables removed, and
+    this process's id in ``DEEPLAB_GEO_PARENT_PID`` (the CLI ends when this process does)."""
     env = dict(os.environ if environ is None else environ)
     for name in _QGIS_ONLY_VARIABLES:
         env.pop(name, None)
+    env[PARENT_PID_VAR] = str(os.getpid())
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     return env
@@ -75,13 +81,30 @@ def child_environment(environ=None):
 
 def parse_progress(line):
     """``(done, total)`` from a ``--progress json`` line, or ``None`` for any other line."""
-    if not line.startswith("{"):
-        return None
     try:
-        progress = json.loads(line)["progress"]
+        progress = _json_object(line)["progress"]
         return int(progress["done"]), int(progress["total"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def parse_plan(line):
+    """The text of a plan line, ``{"plan": {...}, "text": "Plan: ..."}``, or ``None`` for any
+    other line."""
+    message = _json_object(line) or {}
+    text = message.get("text")
+    return text if "plan" in message and isinstance(text, str) else None
+
+
+def _json_object(line):
+    """The JSON object on ``line``, or ``None``."""
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def run_cli(executable, args, feedback, *, cwd, progress_span=(0.0, 100.0)):
@@ -160,6 +183,11 @@ def _handle_stderr(line, feedback, progress_span, messages):
         if feedback is not None and total > 0:
             low, high = progress_span
             feedback.setProgress(low + (high - low) * min(done, total) / total)
+        return
+    plan = parse_plan(line)
+    if plan is not None:
+        if feedback is not None:
+            feedback.pushInfo(plan)
         return
     if line.strip():
         messages.append(line)
