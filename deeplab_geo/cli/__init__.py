@@ -12,6 +12,7 @@ from deeplab_geo.cli import (
     evaluate,
     export_onnx,
     import_model,
+    plan,
     run,
     sample,
     schema,
@@ -40,6 +41,6 @@ def main() -> None:
                                    "started deeplab-geo, has ended; nothing was done")
 
 
-for module in (run, segment, sample, stack, schema, train, evaluate, export_onnx, import_model,
-               backends):
+for module in (run, segment, plan, sample, stack, schema, train, evaluate, export_onnx,
+               import_model, backends):
     main.add_command(module.command)

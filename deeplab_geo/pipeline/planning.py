@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -57,12 +58,14 @@ log = logging.getLogger(__name__)
 
 SPEED_FILE = "speed.json"
 _SPEED_FORMAT = "deeplab-geo-speed/1"
-_PROBE_CROP = 256  # model pixels: the CRF is measured on a crop this size of one tile
+_PROBE_CROP = 512  # model pixels: the CRF is measured on a crop this size of one tile
+_CRF_GROWTH = 0.18  # the CRF's time per pixel grows as (pixels)^0.18 (natural images, 256-1024 px)
+_RUN_OVERHEAD = 1.3  # a run's reads, resampling, hand-overs and writes beside the probe's work
 _MASK_SIDE = 1024  # the raster's mask is looked at decimated to this many pixels at most
 _MASK_LIMIT = 16384  # rasters larger than this (px, each side) without overviews: not looked at
 _FINISH_S_PER_MPX = 0.05  # COGs, polygons and quicklook per raster Mpx, until a run measures it
 _HELPER_BASE_MB = 70  # a CRF helper process with pydensecrf loaded
-_STRIP_BYTES_PER_PX = 12  # class, confidence and the polygon stage's labels, per strip pixel
+_STRIP_BYTES_PER_PX = 3  # class, confidence and the polygon stage's labels, per strip pixel
 _BLOCK = 512
 _MB = 2**20
 
@@ -75,7 +78,8 @@ class Speed:
         predict_s_per_mpx: seconds of the predict-and-refine stage per million model pixels of
             tiles that hold data.
         finish_s_per_mpx: seconds of the rest (COGs, polygons, quicklook) per million raster
-            pixels.
+            pixels that hold data.
+        tile_s: seconds every tile costs, with data or without (reading it, its mask).
         forward_bytes_per_px: memory a forward pass takes beyond its input, per model pixel.
         crf_bytes_per_px: memory the dense CRF takes per model pixel (0 without it).
         source: how the timings were obtained.
@@ -83,6 +87,7 @@ class Speed:
 
     predict_s_per_mpx: float
     finish_s_per_mpx: float
+    tile_s: float
     forward_bytes_per_px: float
     crf_bytes_per_px: float
     source: str
@@ -159,12 +164,14 @@ class RunPlan:
 
 def make_plan(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetReader,
               plan: WindowPlan, grid: list[tiling.Tile], crf: Any = None, *,
-              remeasure: bool = False) -> RunPlan:
+              resident: int | None = None, remeasure: bool = False) -> RunPlan:
     """The plan of running ``config`` on ``ds`` (open) with ``predictor`` (loaded).
 
     Args:
         plan, grid: the run's geometry (:func:`~deeplab_geo.pipeline.windows.plan_windows`).
         crf: ``(params, colours)`` of the dense CRF, or ``None`` without it.
+        resident: this process's memory with the model loaded, as a run has it (see
+            :class:`Footprint`); by default as it is now.
         remeasure: measure the speed now even where this machine has measured it before.
 
     Reads a decimated mask of the raster where that is cheap, and one tile (the speed probe)
@@ -173,7 +180,8 @@ def make_plan(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetReader
     largest = max(grid, key=lambda t: t.row.size * t.col.size)
     tile_h, tile_w = plan.model_shape(largest.row.size, largest.col.size)
     key = speed_key(config, plan, (tile_h, tile_w))
-    resident = _rss()  # before a probe, whose buffers ONNX Runtime's arena may keep
+    if resident is None:
+        resident = _rss()  # before a probe, whose buffers ONNX Runtime's arena may keep
     valid = _valid_mask(ds)
     speed = None if remeasure else cached_speed(key)
     if speed is None:
@@ -185,7 +193,7 @@ def make_plan(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetReader
                        * plan.model_shape(t.row.size, t.col.size)[1] for t in counted)
     nodata = None if valid is None else 1.0 - float(valid.mean())
     raster_mpx = ds.width * ds.height / 1e6
-    seconds = model_pixels / 1e6 * speed.predict_s_per_mpx \
+    seconds = model_pixels / 1e6 * speed.predict_s_per_mpx + len(grid) * speed.tile_s \
         + raster_mpx * (1 - (nodata or 0)) * speed.finish_s_per_mpx
     model_h, model_w = plan.model_shape(ds.height, ds.width)
     free = _free_mb(config.output_dir)
@@ -196,7 +204,8 @@ def make_plan(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetReader
         tile_shape=(tile_h, tile_w),
         tiles=len(grid), tiles_with_data=None if with_data is None else len(with_data),
         model_pixels=model_pixels, nodata_share=nodata,
-        memory_mb=_memory_mb(config, predictor, ds, plan, speed, largest, resident),
+        memory_mb=_memory_mb(config, predictor, ds, plan, speed, largest, resident,
+                             1 - (nodata or 0)),
         output_mb=_output_mb(config, ds.width * ds.height * (1 - (nodata or 0))),
         free_mb=free, seconds=seconds, speed_source=speed.source, factor=plan.scale)
 
@@ -290,9 +299,11 @@ def record_run(config: PipelineConfig, plan: WindowPlan, run_plan: RunPlan,
     raster_mpx = run_plan.width * run_plan.height / 1e6 * (1 - (run_plan.nodata_share or 0))
     finish = sum(v for k, v in timings.items() if k in ("write_cog", "vectorize", "quicklook"))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    predict = timings.get("predict_and_refine", 0.0) - run_plan.tiles * measured.tile_s
     record_speed(key, Speed(
-        predict_s_per_mpx=timings.get("predict_and_refine", 0.0) / (run_plan.model_pixels / 1e6),
+        predict_s_per_mpx=max(predict, 0.0) / (run_plan.model_pixels / 1e6),
         finish_s_per_mpx=finish / raster_mpx if raster_mpx > 0 else measured.finish_s_per_mpx,
+        tile_s=measured.tile_s,
         forward_bytes_per_px=measured.forward_bytes_per_px,
         crf_bytes_per_px=measured.crf_bytes_per_px,
         source=f"the last run of these settings here, {when}"))
@@ -302,11 +313,18 @@ def measure_speed(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetRe
                   plan: WindowPlan, grid: list[tiling.Tile], crf: Any = None,
                   valid: np.ndarray | None = None) -> Speed:
     """Time the model on a batch of one tile of ``ds`` that holds data (repeated), and the
-    dense CRF on a crop of it,
-    and take the memory each needs (see the module docstring). ``valid``: the raster's
-    decimated mask, if known."""
+    dense CRF on a crop of it, and take the memory each needs (see the module docstring).
+    ``valid``: the raster's decimated mask, if known.
+
+    Two factors measured on the demo scene (``benchmarks/plan.py``) carry the probe to a run:
+    the CRF's time per pixel grows with the tile (by 1.28 each time the side doubles), and a
+    run spends about 1.3 times the probe's time per pixel (reads, resampling, hand-overs and
+    writes share the cores with the model and the CRF).
+    """
     tile = _probe_tile(grid, valid, ds.height, ds.width)
+    started = time.perf_counter()
     data, valid = io.read_window(ds, tile.read_window)
+    tile_s = time.perf_counter() - started
     if data is None:  # nothing valid anywhere: the run will say so; any pixels time the same
         data = np.zeros((ds.count, tile.row.size, tile.col.size), ds.dtypes[0])
         valid = np.ones(data.shape[1:], bool)
@@ -333,14 +351,14 @@ def measure_speed(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetRe
             crf_module.refine(crop, features, params, mask)
             crf_s = time.perf_counter() - started
         crop_px = crop.shape[-2] * crop.shape[-1]
-        crf_s_per_px = crf_s / crop_px
+        crf_s_per_px = crf_s / crop_px * (probs[0].size / crop_px) ** _CRF_GROWTH
         crf_bytes = crf_memory.peak / crop_px
     cores = os.cpu_count() or 1
     crf_parallel = 1 if config.crf.refiner == "torch" else \
         max(1, min(config.execution.crf_processes, cores))
-    predict = forward_s / pixels + crf_s_per_px / crf_parallel
+    predict = (forward_s / pixels + crf_s_per_px / crf_parallel) * _RUN_OVERHEAD
     return Speed(predict_s_per_mpx=predict * 1e6, finish_s_per_mpx=_FINISH_S_PER_MPX,
-                 forward_bytes_per_px=forward_bytes, crf_bytes_per_px=crf_bytes,
+                 tile_s=tile_s, forward_bytes_per_px=forward_bytes, crf_bytes_per_px=crf_bytes,
                  source="measured on one batch")
 
 
@@ -360,6 +378,30 @@ def _probe_tile(grid: list[tiling.Tile], valid: np.ndarray | None, height: int, 
 def _centre(length: int, size: int) -> slice:
     start = max(0, (length - size) // 2)
     return slice(start, min(length, start + size))
+
+
+class Footprint:
+    """This process's memory with the model loaded, as a run that loads it has it: made before
+    the model loads, asked after.
+
+    The first load of a deeplab-geo checkpoint on a backend other than torch exports it to
+    ONNX, which brings torch into this process; runs after it find the export in the cache
+    and never import torch. After such a load the model counts as twice its weights file (the
+    session's copy and its working memory) instead of what this process holds.
+    """
+
+    def __init__(self) -> None:
+        self._before = _rss()
+        self._torch = "torch" in sys.modules
+
+    def resident(self, backend: str, weights: Path) -> int:
+        if backend == "torch" or self._torch or "torch" not in sys.modules:
+            return _rss()
+        try:
+            size = Path(weights).stat().st_size
+        except OSError:
+            size = 0
+        return self._before + 2 * size + 32 * _MB
 
 
 class _PeakMemory:
@@ -469,7 +511,8 @@ def _tiles_with_data(plan: WindowPlan, grid: list[tiling.Tile], valid: np.ndarra
 # --- memory and disk ------------------------------------------------------------------------
 
 def _memory_mb(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetReader,
-               plan: WindowPlan, speed: Speed, largest: tiling.Tile, resident: int) -> int:
+               plan: WindowPlan, speed: Speed, largest: tiling.Tile, resident: int,
+               data_share: float) -> int:
     """The expected peak resident memory of the run's process tree, in MB.
 
     ``resident``: this process before any probe (libraries and the model loaded); plus one
@@ -477,7 +520,8 @@ def _memory_mb(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetReade
     model's resolution as float32 and its probabilities, twice: before and after resampling;
     forward passes run one at a time);
     the finished cores of the batches in flight; the full-width strips being assembled and
-    traced (a tile's height and two blocks, at 12 bytes per pixel); GDAL's block cache; and
+    traced (a tile's height and two blocks); GDAL's block cache (as far as the data fills
+    it); and
     each CRF helper process with one tile's lattice.
     """
     tile_h, tile_w = plan.model_shape(largest.row.size, largest.col.size)
@@ -491,7 +535,7 @@ def _memory_mb(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetReade
         * largest.col.size * 2
     total += ds.width * (largest.row.size + 2 * _BLOCK) * _STRIP_BYTES_PER_PX
     raster_bytes = ds.width * ds.height * ds.count * np.dtype(ds.dtypes[0]).itemsize
-    total += min(config.execution.gdal_cache_mb * _MB, raster_bytes)
+    total += min(config.execution.gdal_cache_mb * _MB, raster_bytes * data_share)
     if config.crf.enabled and config.crf.refiner == "pydensecrf":
         helpers = config.execution.crf_processes if config.cluster.local_workers is None else 0
         total += helpers * (_HELPER_BASE_MB * _MB + speed.crf_bytes_per_px * tile_px)

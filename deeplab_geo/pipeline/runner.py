@@ -40,7 +40,7 @@ from dask.callbacks import Callback
 
 import deeplab_geo
 from deeplab_geo import crf as crf_module
-from deeplab_geo.checkpoints import ModelInfo, read_info
+from deeplab_geo.checkpoints import ModelInfo, read_info, resolve
 from deeplab_geo.config import PipelineConfig, updated
 from deeplab_geo.errors import CheckpointError, InputError
 from deeplab_geo.pipeline import cluster as cluster_module
@@ -160,6 +160,7 @@ def _prepare(config: PipelineConfig, remeasure: bool = False) -> _Prepared:
     config = updated(config, {"model.backend": backend_name})
     with io.open_raster(config.input) as ds:
         _refuse_early(config, ds)
+        footprint = planning.Footprint()
         predictor = load_model(backend_name, config.model.checkpoint, config.model.device,
                                config.model.metadata)
         info = predictor.info
@@ -170,8 +171,9 @@ def _prepare(config: PipelineConfig, remeasure: bool = False) -> _Prepared:
         if (params := crf_params(config, plan, ds)) is not None:
             crf = (params, crf_module.colour_mapping(ds, config.crf.bands, config.crf.stretch))
         load_s = time.perf_counter() - started
+        resident = footprint.resident(backend_name, resolve(config.model.checkpoint))
         run_plan = planning.make_plan(config, predictor, ds, plan, grid, crf,
-                                      remeasure=remeasure)
+                                      resident=resident, remeasure=remeasure)
         return _Prepared(config, info, ds.profile, plan, grid, crf, run_plan, load_s)
 
 
