@@ -10,6 +10,9 @@ scene (2048 px, seed 0) and VRTs of ``size`` px square with the demo scene in th
 corner and nodata elsewhere (as in ``benchmarks/scale.py``), each with the shipped
 ``pipelines/landcover.yaml`` settings (the bundled model, 1024 px tiles, the CRF, polygons).
 Printed: tiles planned and cut, seconds and MB planned against measured, and their ratios.
+Last, the time ``deeplab-geo segment`` takes, in a fresh process, to refuse a 300 m scene
+(791 x 718 px, the size of the Landsat RGB scene of issue 29) for the 0.5 m bundled model, with
+an empty cache (nothing exported yet).
 """
 
 from __future__ import annotations
@@ -83,6 +86,27 @@ def main() -> None:
               f"{first['memory_mb']} | {ran.tree_rss_mb:.0f} | "
               f"{first['seconds'] / ran.wall_s:.2f} | {first['memory_mb'] / ran.tree_rss_mb:.2f} |",
               flush=True)
+    refusal(work)
+
+
+def refusal(work: Path) -> None:
+    """Wall time of refusing a 300 m scene, from a fresh process and an empty cache."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    raster = work / "landsat_300m.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=791, height=718, count=3,
+                       dtype="uint8", crs="EPSG:32617",
+                       transform=from_origin(600000, 4000000, 300, 300)) as ds:
+        ds.write(np.full((3, 718, 791), 90, np.uint8))
+    cache = work / "empty-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {**os.environ, "DEEPLAB_GEO_CACHE": str(cache)}
+    out = work / "out_300m"
+    ran = measure([*CLI, "segment", str(raster), "-o", str(out), "--quiet"], env=env)
+    print(f"\n300 m scene refused: exit {ran.returncode} in {ran.wall_s:.2f} s, output folder "
+          f"{'left behind' if out.exists() else 'not created'}:\n{ran.stderr.strip()}")
 
 
 if __name__ == "__main__":

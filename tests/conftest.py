@@ -152,3 +152,14 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a small tmpfs: {made.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def fresh_speeds(tmp_path, monkeypatch):
+    """This machine's speed measurements (deeplab_geo.pipeline.planning) kept apart for one
+    test, so that its first plan measures, whatever ran before it."""
+    from deeplab_geo.pipeline import planning
+
+    path = tmp_path / "speed.json"
+    monkeypatch.setattr(planning, "_speed_file", lambda: path)
+    return path

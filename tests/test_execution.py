@@ -193,7 +193,7 @@ def mostly_nodata_vrt(tmp_path, size, data=64):
     return path, image
 
 
-def test_mostly_nodata_raster_far_larger_than_memory(tmp_path, pixelwise):
+def test_mostly_nodata_raster_far_larger_than_memory(tmp_path, pixelwise, fresh_speeds):
     """50,000 x 50,000 px (2.5 Gpx: 5 GB as uint8 class and confidence arrays) with data in a
     64 px corner: memory, disk and inference scale with the data, not the extent."""
     size = 50_000

@@ -161,7 +161,7 @@ def test_plan_agrees_with_the_run_on_tiles_and_nodata(tmp_path, tiny_checkpoint)
     assert result.report["plan"]["tiles"] == result.report["raster"]["tiles"] == len(grid)
 
 
-def test_a_finished_run_times_the_next_plan(tmp_path, tiny_pipeline):
+def test_a_finished_run_times_the_next_plan(tmp_path, tiny_pipeline, fresh_speeds):
     runner_cli = CliRunner()
     first = runner_cli.invoke(cli_main, ["plan", str(tiny_pipeline), "--json"])
     assert first.exit_code == 0, first.output
@@ -189,7 +189,7 @@ def test_json_progress_carries_the_plan_for_programs(tiny_pipeline):
 
 
 def test_outputs_larger_than_the_free_space_are_refused_up_front(tmp_path, small_disk,
-                                                                  pixelwise):
+                                                                  pixelwise, fresh_speeds):
     """A 320 KB disk and a 1024 px raster: refused before a tile is predicted, in one line."""
     raster = write_raster(tmp_path / "noisy.tif", np.random.default_rng(4).integers(
         0, 255, (3, 1024, 1024), dtype=np.uint8))

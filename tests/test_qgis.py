@@ -469,3 +469,23 @@ def test_runner_parses_progress_and_plan_lines():
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [["Plan: 64 x 48 px, 4 tiles", None], [None, [1, 4]],
                                        *[[None, None]] * 7]
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_a_raster_far_coarser_than_the_model_fails_at_once_with_one_line(qgis_home, tmp_path):
+    """A 300 m scene given to Segment raster with its defaults (the 0.5 m bundled model): the
+    algorithm fails with the CLI's one-line reason, not a traceback, and writes nothing."""
+    coarse = write_raster(tmp_path / "coarse.tif", two_region_image(72, 80), pixel=300.0)
+    out = tmp_path / "result"
+    out.mkdir()
+    report = run_in_qgis(qgis_env(qgis_home, tmp_path / "tmp"), tmp_path,
+                         algorithm="deeplab_geo:segment_raster",
+                         parameters={"INPUT": str(coarse), "OUTPUT": str(out / "classes.tif")})
+    assert report["results"] is None
+    assert report["exception"].startswith("Error: coarse.tif: its pixels (300 m) are 600x "
+                                           "coarser than the model's (0.5 m), so the job would "
+                                           "grow from 80 x 72 to 48,000 x 43,200 px (")
+    assert "model.resolution: native" in report["exception"]
+    assert "\n" not in report["exception"] and "Traceback" not in " ".join(report["errors"])
+    assert list(out.iterdir()) == [] and report["workdirs_left"] == []
