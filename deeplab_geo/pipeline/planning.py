@@ -187,10 +187,9 @@ def make_plan(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetReader
     if speed is None:
         speed = measure_speed(config, predictor, ds, plan, grid, crf, valid)
         record_speed(key, speed)
-    with_data = _tiles_with_data(plan, grid, valid, ds.height, ds.width)
-    counted = grid if with_data is None else with_data
-    model_pixels = sum(plan.model_shape(t.row.size, t.col.size)[0]
-                       * plan.model_shape(t.row.size, t.col.size)[1] for t in counted)
+    with_data = _tiles_with_data(grid, valid, ds.height, ds.width)
+    model_pixels = sum(np.prod(plan.model_shape(t.row.size, t.col.size))
+                       for t in (grid if with_data is None else with_data))
     nodata = None if valid is None else 1.0 - float(valid.mean())
     raster_mpx = ds.width * ds.height / 1e6
     seconds = model_pixels / 1e6 * speed.predict_s_per_mpx + len(grid) * speed.tile_s \
@@ -203,7 +202,7 @@ def make_plan(config: PipelineConfig, predictor: Any, ds: rasterio.DatasetReader
         model_height=model_h, tile=plan.tile, overlap=plan.overlap,
         tile_shape=(tile_h, tile_w),
         tiles=len(grid), tiles_with_data=None if with_data is None else len(with_data),
-        model_pixels=model_pixels, nodata_share=nodata,
+        model_pixels=int(model_pixels), nodata_share=nodata,
         memory_mb=_memory_mb(config, predictor, ds, plan, speed, largest, resident,
                              1 - (nodata or 0)),
         output_mb=_output_mb(config, ds.width * ds.height * (1 - (nodata or 0))),
@@ -472,13 +471,13 @@ def _reset_peak() -> bool:
 def _valid_mask(ds: rasterio.DatasetReader) -> np.ndarray | None:
     """A decimated validity mask of the raster, or ``None`` where every pixel is valid by
     declaration (no nodata, no mask) or where looking costs too much (larger than
-    16,384 px without overviews)."""
+    16,384 px without overviews, unless a VRT)."""
     flags = ds.mask_flag_enums[0] if ds.count else ()
     if all(flag == rasterio.enums.MaskFlags.all_valid for flag in flags) \
             and not ds.dtypes[0].startswith("float"):
         return None
-    if max(ds.width, ds.height) > _MASK_LIMIT and not ds.overviews(1):
-        return None
+    if max(ds.width, ds.height) > _MASK_LIMIT and not ds.overviews(1) and ds.driver != "VRT":
+        return None  # a VRT reads only the sources a decimated read touches
     scale = min(1.0, _MASK_SIDE / max(ds.width, ds.height))
     shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
     try:
@@ -501,8 +500,8 @@ def _scaled(span: tiling.Span, length: int, cells: int) -> slice:
     return slice(start, max(start + 1, -(-span.stop * cells // length)))
 
 
-def _tiles_with_data(plan: WindowPlan, grid: list[tiling.Tile], valid: np.ndarray | None,
-                     height: int, width: int) -> list[tiling.Tile] | None:
+def _tiles_with_data(grid: list[tiling.Tile], valid: np.ndarray | None, height: int,
+                     width: int) -> list[tiling.Tile] | None:
     if valid is None:
         return None
     return [tile for tile in grid if _has_data(valid, tile, height, width)]
