@@ -4,12 +4,18 @@
 thread pool): a forked child inherits locks that other threads may hold.
 
 This is the only module of the package that starts processes (dask.distributed starts its
-own workers). Every pool of the package is a :class:`WorkerPool` and follows one recovery
-policy. A worker
-that dies (the out-of-memory killer, ``kill -9``) breaks its pool; the work it had is retried
-once in a new pool, and if it is lost again the caller gets one
-:class:`~deeplab_geo.errors.WorkerError`. Either way the next use of the pool starts a new one,
-so the next input, and the next run in the same process, work normally.
+own workers). Every pool of the package is a :class:`WorkerPool` with a *role* (``crf``,
+``vectorize``) and follows one recovery policy, whenever a worker dies (the out-of-memory
+killer, ``kill -9``): while the pool starts and warms up, during a task, between tasks or
+between inputs. A pool that loses a worker while starting is started once more; work lost
+with a worker is retried once in a new pool. A second loss is one
+:class:`~deeplab_geo.errors.WorkerError` naming the role, how the worker ended (the signal; a
+SIGKILL is usually the out-of-memory killer), the memory the run's processes held, and the
+settings that lower it. Either way the next use of the pool starts a new one, so the next
+input, and the next run in the same process, work normally.
+
+Faults can be injected for tests (:data:`FAULTS_VARIABLE`): a worker of a chosen role kills
+itself at a chosen moment, a bounded number of times in all.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from threading import BrokenBarrierError
 from typing import Any
 
 from deeplab_geo.errors import WorkerError
@@ -98,33 +105,97 @@ def _parent_of(pid: int) -> int:
 
 
 def spawn_pool(processes: int, initializer: Callable[..., None] | None = None,
-               initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor:
+               initargs: tuple[Any, ...] = (), role: str = "helper", generation: int = 0
+               ) -> ProcessPoolExecutor:
     """A ``spawn`` process pool whose workers die with this process, then run ``initializer``.
 
-    Workers start on demand, when a task finds none idle.
+    Workers start on demand, when a task finds none idle. ``role`` and ``generation`` (the
+    how-manieth pool of its :class:`WorkerPool`) name them for :func:`inject_fault`.
     """
     return ProcessPoolExecutor(max_workers=processes,
                                mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start, initargs=(initializer, initargs))
+                               initializer=_start,
+                               initargs=(initializer, initargs, role, generation))
 
 
-def _start(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+_ROLE, _GENERATION = "helper", 0  # in a worker: the role and generation of its pool
+_TASKS = 0  # in a worker: the tasks it has begun
+
+
+def _start(initializer: Callable[..., None] | None, initargs: tuple[Any, ...],
+           role: str = "helper", generation: int = 0) -> None:
+    global _ROLE, _GENERATION
+    _ROLE, _GENERATION = role, generation
+    inject_fault("start")
     die_with_parent()
     bound_heap()
     if initializer is not None:
         initializer(*initargs)
 
 
+def _task(function: Callable[..., Any], *args: Any) -> Any:
+    """Run one task in a worker (counted, for :func:`inject_fault`'s ``task`` moment)."""
+    global _TASKS
+    _TASKS += 1
+    inject_fault("task", _TASKS)
+    return function(*args)
+
+
+def role_task(role: str, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a worker this module did not start (a dask worker process),
+    counted under ``role`` like a task of a :class:`WorkerPool` (see :data:`FAULTS_VARIABLE`).
+    """
+    global _ROLE
+    _ROLE = role
+    return _task(function, *args)
+
+
 _START_TIMEOUT_S = 120
-_LOST_TWICE = ("a helper process died twice on the same work (killed, often by the "
-               "out-of-memory killer); free memory, or use fewer processes "
-               "(execution.crf_processes, vectorize.workers) or smaller tiles")
+_POLL_S = 0.05
+_SETTINGS = {"crf": "execution.crf_processes or tiling.tile_size",
+             "vectorize": "vectorize.workers (1: no helper processes)"}
 
 
 def _start_together(initializer: Callable[[], None] | None, ready: Any) -> None:
     if initializer is not None:
         initializer()
+    inject_fault("warmup")
     ready.wait(timeout=_START_TIMEOUT_S)
+
+
+FAULTS_VARIABLE = "DEEPLAB_GEO_FAULTS"
+"""For tests: ``ROLE:MOMENT[:N[:TIMES]],...`` makes a worker of role ``ROLE`` (``crf``,
+``vectorize``; ``dask``: a worker process of a local cluster) kill itself with SIGKILL, as the
+out-of-memory killer does, at ``MOMENT``: ``start`` (before it starts), ``warmup`` (once
+started, while its pool warms up) or ``task`` (as it begins its ``N``-th task, default 1).
+Each entry fires ``TIMES`` times in all (default 1), at most once in each pool (so the retry
+of lost work meets the next firing), counted across processes in the folder named by
+``DEEPLAB_GEO_FAULTS_DIR`` (required)."""
+
+
+def inject_fault(moment: str, count: int = 1) -> None:
+    """In a worker: die now if :data:`FAULTS_VARIABLE` asks for it at ``moment``."""
+    spec, folder = os.environ.get(FAULTS_VARIABLE), os.environ.get("DEEPLAB_GEO_FAULTS_DIR")
+    if not spec or not folder:
+        return
+    for entry in spec.split(","):
+        role, when, n, times = (entry.split(":") + ["1", "1"])[:4]
+        if role != _ROLE or when != moment or int(n) != count:
+            continue
+        if not _claim(Path(folder) / f"{entry}@{os.getppid()}-{_GENERATION}"):
+            continue  # another worker of this pool fired it
+        for k in range(int(times)):
+            if _claim(Path(folder) / f"{entry}#{k}"):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _claim(marker: Path) -> bool:
+    """Create ``marker``; whether this process was the first to (across processes)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
 
 
 class WorkerPool:
@@ -140,19 +211,31 @@ class WorkerPool:
     """
 
     def __init__(self, processes: int, initializer: Callable[[], None] | None = None, *,
-                 warm: bool = False) -> None:
+                 warm: bool = False, role: str = "helper") -> None:
         self.processes, self._initializer, self._warm = processes, initializer, warm
+        self.role, self._generation = role, 0
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def executor(self) -> ProcessPoolExecutor:
-        """The running pool, started (or restarted after a worker died) if needed."""
+        """The running pool, started (or restarted after a worker died) if needed.
+
+        Raises:
+            WorkerError: a worker died while the pool started, and again in a new one.
+        """
         with self._lock:
             if self._executor is not None and not _healthy(self._executor):
                 _stop(self._executor)
                 self._executor = None
             if self._executor is None:
-                self._executor = self._start()
+                try:
+                    self._executor = self._start()
+                except BrokenProcessPool as lost:
+                    try:
+                        self._executor = self._start()
+                    except BrokenProcessPool as again:
+                        raise WorkerError(self._lost_twice("starting", again.args[0]
+                                                           or lost.args[0])) from None
             return self._executor
 
     def discard(self, executor: ProcessPoolExecutor) -> None:
@@ -192,13 +275,17 @@ class WorkerPool:
                     limit = ahead() if callable(ahead) else ahead
                     try:
                         while cursor < len(arguments) and cursor - index <= limit:
-                            pending[cursor] = executor.submit(function, *arguments[cursor])
+                            pending[cursor] = executor.submit(_task, function,
+                                                              *arguments[cursor])
                             cursor += 1
                         result = pending[index].result()
                         break
                     except BrokenProcessPool:
+                        ended = _how_workers_ended(executor)
                         if index in retried:
-                            raise WorkerError(_LOST_TWICE) from None
+                            self.discard(executor)
+                            raise WorkerError(self._lost_twice("on the same work",
+                                                               ended)) from None
                         retried.update(pending)
                         self.discard(executor)
                         executor = self.executor()
@@ -211,15 +298,67 @@ class WorkerPool:
                 future.cancel()
 
     def _start(self) -> ProcessPoolExecutor:
+        """A new pool; warm, every worker started and initialised.
+
+        Raises:
+            BrokenProcessPool: a worker died while the pool started (its args: how).
+        """
+        self._generation += 1
         if not self._warm:
-            return spawn_pool(self.processes, self._initializer)
+            return spawn_pool(self.processes, self._initializer, role=self.role,
+                              generation=self._generation)
         ready = multiprocessing.get_context("spawn").Barrier(self.processes)
-        pool = spawn_pool(self.processes, _start_together, (self._initializer, ready))
+        pool = spawn_pool(self.processes, _start_together, (self._initializer, ready),
+                          role=self.role, generation=self._generation)
         # Each submission starts a worker while none is idle; a worker's first task waits for
-        # its initializer, which waits until every worker has started.
-        for future in [pool.submit(int) for _ in range(self.processes)]:
-            future.result()
+        # its initializer, which waits until every worker has started. A worker that dies
+        # meanwhile would hold the others at the barrier: it is broken, and they fail at once.
+        futures = [pool.submit(int) for _ in range(self.processes)]
+        try:
+            while not all(f.done() for f in futures):
+                if any(not p.is_alive() for p in list(pool._processes.values())):
+                    ready.abort()
+                wait(futures, timeout=_POLL_S)
+            for future in futures:
+                future.result()
+        except (BrokenProcessPool, BrokenBarrierError):
+            ended = _how_workers_ended(pool)
+            _stop(pool)
+            raise BrokenProcessPool(ended) from None
         return pool
+
+    def _lost_twice(self, when: str, ended: str) -> str:
+        name = "helper" if self.role == "helper" else f"{self.role} helper"
+        return (f"a {name} process died twice {when} ({ended}; this run's "
+                f"processes held {_tree_memory_mb():,} MB); free memory, or lower "
+                f"{_SETTINGS.get(self.role, 'the processes or tile size')}")
+
+
+def _how_workers_ended(executor: ProcessPoolExecutor) -> str:
+    """How the workers of a broken pool ended, e.g. ``killed by SIGKILL, often the
+    out-of-memory killer``."""
+    codes = [p.exitcode for p in list((getattr(executor, "_processes", None) or {}).values())]
+    signals = [-c for c in codes if c is not None and c < 0 and c != -signal.SIGTERM]
+    if signal.SIGKILL in signals:
+        return "killed by SIGKILL, often the out-of-memory killer"
+    if signals:
+        return f"killed by {signal.Signals(signals[0]).name}"
+    exits = [c for c in codes if c]
+    return f"exited with status {exits[0]}" if exits else "ended abruptly"
+
+
+def _tree_memory_mb() -> int:
+    """Resident memory of this process and its children, in MB (Linux; 0 elsewhere)."""
+    pids = [os.getpid(), *(p.pid for p in multiprocessing.active_children())]
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total // 1024
 
 
 def _healthy(executor: ProcessPoolExecutor) -> bool:
@@ -244,13 +383,13 @@ _POOLS_LOCK = threading.Lock()
 
 
 def worker_pool(processes: int, initializer: Callable[[], None] | None = None, *,
-                warm: bool = False) -> WorkerPool:
+                warm: bool = False, role: str = "helper") -> WorkerPool:
     """The process's one :class:`WorkerPool` for these arguments (dask threads may ask at the
     same time: one pool is made, not several)."""
-    key = (processes, initializer, warm)
+    key = (processes, initializer, warm, role)
     with _POOLS_LOCK:
         if key not in _POOLS:
-            _POOLS[key] = WorkerPool(processes, initializer, warm=warm)
+            _POOLS[key] = WorkerPool(processes, initializer, warm=warm, role=role)
         return _POOLS[key]
 
 

@@ -105,7 +105,7 @@ def start_pool(processes: int) -> WorkerPool:
 
 
 def _crf_pool(processes: int) -> WorkerPool:
-    return worker_pool(processes, dense.import_pydensecrf, warm=True)
+    return worker_pool(processes, dense.import_pydensecrf, warm=True, role="crf")
 
 
 def _refine_item(item: tuple[np.ndarray, ...], params: CRFParams) -> np.ndarray:

@@ -18,8 +18,10 @@ and modification time, its outputs); a rerun skips those unless ``--force``, so 
 batch (Ctrl-C, ``kill``, a crash) resumes where it stopped. Outputs are published atomically
 per input (see :func:`deeplab_geo.raster.io.staged_outputs`), so an interrupted input leaves only a
 hidden staging folder, which the next run removes; the final outputs are the same as an
-uninterrupted run's. A failing input is recorded with its error and the batch goes on; the
-command exits non-zero when any input failed, and a rerun retries it. One run at a time may
+uninterrupted run's. A failing input, whatever the exception (Ctrl-C and ``kill`` aside), is
+recorded with one line (an unexpected exception's traceback goes to
+``output_dir/deeplab-geo.log``), nothing of it is left, and the batch goes on; the command exits
+non-zero when any input failed, and a rerun retries it. One run at a time may
 write into an output directory (a lock on the folder).
 
 With ``batch.merge``, ``output_dir/merged.gpkg`` gathers every input's polygons with a
@@ -255,6 +257,29 @@ def locked_output_dir(output_dir: Path, folders: list[Path] | None = None) -> It
 
 
 OnOutcome = Callable[[int, int, ItemOutcome], None]
+LOG = "deeplab-geo.log"
+
+
+def failure_line(exc: Exception, item: BatchItem, output_dir: Path) -> str:
+    """One line for an input's failure in a batch. A library error is its own message; any
+    other exception (a bug, an exhausted resource) is named by type and first line, and its
+    traceback is appended to ``output_dir/deeplab-geo.log``."""
+    if isinstance(exc, DeepLabGeoError):
+        log.debug("%s failed: %s", item.key, exc)
+        return str(exc)
+    import traceback
+
+    path = output_dir / LOG
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    text = "".join(traceback.format_exception(exc))
+    try:
+        with writing(output_dir), open(path, "a", encoding="utf-8") as stream:
+            stream.write(f"{stamp} {item.key}\n{text}\n")
+        where = f"traceback in {path}"
+    except OutputError:
+        where = "no room to write its traceback"
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"unexpected {type(exc).__name__}: {first} ({where})"
 
 
 def run_batch(config: PipelineConfig, *, force: bool = False,
@@ -274,8 +299,6 @@ def run_batch(config: PipelineConfig, *, force: bool = False,
         DeepLabGeoError: for a single raster, its error (nothing is written); for a batch,
             only errors that stop the whole batch (no input matched, output directory).
     """
-    from deeplab_geo.pipeline.runner import run
-
     batch = is_batch(config.input)
     items = plan(resolve_inputs(config.input), config.output_dir, batch=batch)
     digest = config_hash(config)
@@ -287,21 +310,9 @@ def run_batch(config: PipelineConfig, *, force: bool = False,
             if not force and manifest.finished(item, digest):
                 outcome = ItemOutcome(item, "skipped")
             else:
-                started = time.perf_counter()
-                item_config = updated(config, {"input": item.path,
-                                               "output_dir": item.output_dir})
-                try:
-                    result = run(item_config, progress=progress if parallel == 1 else None,
-                                 on_plan=on_plan)
-                except DeepLabGeoError as exc:
-                    if not batch:
-                        raise
-                    outcome = ItemOutcome(item, "failed", time.perf_counter() - started,
-                                          error=str(exc))
-                    log.debug("%s failed: %s", item.key, exc)
-                else:
-                    outcome = ItemOutcome(item, "done", time.perf_counter() - started,
-                                          outputs=result.outputs, report=result.report)
+                outcome = _run_item(config, item, batch,
+                                    progress=progress if parallel == 1 else None,
+                                    on_plan=on_plan)
                 if batch or outcome.status == "done":
                     manifest.record(item, outcome, digest)
             if on_outcome is not None:
@@ -317,6 +328,29 @@ def run_batch(config: PipelineConfig, *, force: bool = False,
         if config.batch.merge and config.vectorize.enabled:
             merged = merge_polygons(config.output_dir, manifest, items)
     return BatchResult(outcomes, batch, merged)
+
+
+def _run_item(config: PipelineConfig, item: BatchItem, batch: bool, *,
+              progress: Callable[[int], Any] | None, on_plan: Callable[[Any], None] | None
+              ) -> ItemOutcome:
+    """Run one input; in a batch, any failure is its outcome (see :func:`failure_line`), and a
+    folder made for it is removed again."""
+    from deeplab_geo.pipeline.runner import run
+
+    started = time.perf_counter()
+    fresh = not item.output_dir.exists()
+    try:
+        result = run(updated(config, {"input": item.path, "output_dir": item.output_dir}),
+                     progress=progress, on_plan=on_plan)
+    except Exception as exc:  # noqa: BLE001 - a batch isolates each input's failure
+        if not batch:
+            raise
+        if fresh and item.output_dir.is_dir() and not any(item.output_dir.iterdir()):
+            item.output_dir.rmdir()
+        return ItemOutcome(item, "failed", time.perf_counter() - started,
+                           error=failure_line(exc, item, config.output_dir))
+    return ItemOutcome(item, "done", time.perf_counter() - started, outputs=result.outputs,
+                       report=result.report)
 
 
 def merge_polygons(output_dir: Path, manifest: Manifest, items: list[BatchItem]) -> Path | None:

@@ -15,9 +15,10 @@ Workers only compute: each task reads its windows, predicts and refines them, an
 tiles' cores. This process writes every result into the output rasters, so outputs never live
 on a worker. At most ``execution.in_flight`` tasks are submitted at a time, which bounds the
 memory held in results whatever the raster size and however slow writing is. A task lost
-with a worker that dies is recomputed on another
-(the scheduler's own recovery); results are written exactly once, so the output is the same as
-an uninterrupted run's. Models are loaded once per worker process (backends cache them).
+with a worker that dies is recomputed on another (the scheduler's own recovery; on a local
+cluster once, as every helper process's work, then it is one
+:class:`~deeplab_geo.errors.WorkerError`); results are written exactly once, so the output is
+the same as an uninterrupted run's. Models are loaded once per worker process (backends cache them).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 
 from deeplab_geo.config import ClusterSettings
 from deeplab_geo.devices import cuda_device_count
-from deeplab_geo.errors import ClusterError
+from deeplab_geo.errors import ClusterError, WorkerError
+from deeplab_geo.processes import role_task
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,10 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, device: str = "cp
         f"worker-{i}": {"cls": Nanny, "options": {"nthreads": threads_per_worker, "env": env}}
         for i, env in enumerate(gpu_worker_env(n_workers, gpus))
     }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    # deeplab-geo's one recovery policy (deeplab_geo.processes): a task lost with a worker
+    # is retried once, and lost again it is one WorkerError line
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0",
+                                               "allowed_failures": 1}}
     return SpecCluster(scheduler=scheduler, workers=workers, silence_logs=logging.ERROR)
 
 
@@ -105,13 +110,14 @@ def map_unordered(client: Any, func: Callable[[Any], Any], items: Iterable[Any],
     exception is raised here (the remaining tasks are cancelled).
     """
     from distributed import as_completed
+    from distributed.scheduler import KilledWorker
 
     pending: dict[Any, int] = {}
     iterator = enumerate(items)
 
     def submit_next() -> Any | None:
         for index, item in iterator:
-            future = client.submit(func, item, pure=False)
+            future = client.submit(role_task, "dask", func, item, pure=False)
             pending[future] = index
             return future
         return None
@@ -121,7 +127,15 @@ def map_unordered(client: Any, func: Callable[[Any], Any], items: Iterable[Any],
     try:
         for future in queue:
             index = pending.pop(future)
-            on_result(index, future.result())
+            try:
+                result = future.result()
+            except KilledWorker:
+                raise WorkerError(
+                    "a dask worker process died twice on the same batch (killed, often by "
+                    "the out-of-memory killer); free memory, or lower cluster.local_workers, "
+                    "cluster.threads_per_worker, tiling.tile_size or model.batch_size"
+                    ) from None
+            on_result(index, result)
             future.release()
             following = submit_next()
             if following is not None:

@@ -284,7 +284,8 @@ def _strips(classes: rasterio.DatasetReader, confidence: rasterio.DatasetReader 
     tasks = [(*paths, row0, row1, connectivity, skip, pixel_areas[row0:row1])
              for row0, row1 in bounds]
     lookahead = [_LOOKAHEAD]
-    for strip in worker_pool(workers).imap(_helper_strip, tasks, ahead=lambda: lookahead[0]):
+    helpers = worker_pool(workers, role="vectorize")
+    for strip in helpers.imap(_helper_strip, tasks, ahead=lambda: lookahead[0]):
         if len(strip.label_class) > _DENSE_REGIONS:
             lookahead[0] = _DENSE_LOOKAHEAD
         yield dataclasses.replace(strip, geometry=shapely.from_wkb(strip.geometry))
