@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import spawn as mp_spawn
 from pathlib import Path
 from threading import BrokenBarrierError
 from typing import Any
@@ -110,12 +112,64 @@ def spawn_pool(processes: int, initializer: Callable[..., None] | None = None,
     """A ``spawn`` process pool whose workers die with this process, then run ``initializer``.
 
     Workers start on demand, when a task finds none idle. ``role`` and ``generation`` (the
-    how-manieth pool of its :class:`WorkerPool`) name them for :func:`inject_fault`.
+    how-manieth pool of its :class:`WorkerPool`) name them for :func:`inject_fault`. They do
+    not import the starting program's ``__main__`` (:func:`spawn_context`).
     """
-    return ProcessPoolExecutor(max_workers=processes,
-                               mp_context=multiprocessing.get_context("spawn"),
+    return ProcessPoolExecutor(max_workers=processes, mp_context=spawn_context(),
                                initializer=_start,
                                initargs=(initializer, initargs, role, generation))
+
+
+def spawn_context() -> multiprocessing.context.BaseContext:
+    """``spawn``, except that the new processes do not run the starting program's ``__main__``.
+
+    Python's ``spawn`` imports the parent's main script in every new process, so a script
+    without an ``if __name__ == "__main__":`` guard would run again in each helper (and fail
+    there, starting helpers of its own). Helpers here run only deeplab-geo's own functions,
+    so they need nothing from it: on POSIX the main module is left out of what the new
+    process is told to prepare, and a script or notebook needs no guard. Elsewhere: plain
+    ``spawn``.
+    """
+    if sys.platform == "win32":
+        return multiprocessing.get_context("spawn")
+    return _SPAWN_WITHOUT_MAIN
+
+
+_LAUNCHING = threading.local()  # set while this module starts a process without __main__
+
+
+def _preparation_data(name: str, _original: Callable[[str], dict] = mp_spawn.get_preparation_data
+                      ) -> dict:
+    data = _original(name)
+    if getattr(_LAUNCHING, "without_main", False):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+if sys.platform != "win32":
+    from multiprocessing import popen_spawn_posix
+
+    # Installed once: unchanged for every process but those started below.
+    mp_spawn.get_preparation_data = _preparation_data
+
+    class _PopenWithoutMain(popen_spawn_posix.Popen):
+        def _launch(self, process_obj: Any) -> None:
+            _LAUNCHING.without_main = True
+            try:
+                super()._launch(process_obj)
+            finally:
+                _LAUNCHING.without_main = False
+
+    class _ProcessWithoutMain(multiprocessing.context.SpawnProcess):
+        @staticmethod
+        def _Popen(process_obj: Any) -> _PopenWithoutMain:
+            return _PopenWithoutMain(process_obj)
+
+    class _SpawnWithoutMain(multiprocessing.context.SpawnContext):
+        Process = _ProcessWithoutMain
+
+    _SPAWN_WITHOUT_MAIN = _SpawnWithoutMain()
 
 
 _ROLE, _GENERATION = "helper", 0  # in a worker: the role and generation of its pool
@@ -307,7 +361,7 @@ class WorkerPool:
         if not self._warm:
             return spawn_pool(self.processes, self._initializer, role=self.role,
                               generation=self._generation)
-        ready = multiprocessing.get_context("spawn").Barrier(self.processes)
+        ready = spawn_context().Barrier(self.processes)
         pool = spawn_pool(self.processes, _start_together, (self._initializer, ready),
                           role=self.role, generation=self._generation)
         # Each submission starts a worker while none is idle; a worker's first task waits for
@@ -337,7 +391,11 @@ class WorkerPool:
 def _how_workers_ended(executor: ProcessPoolExecutor) -> str:
     """How the workers of a broken pool ended, e.g. ``killed by SIGKILL, often the
     out-of-memory killer``."""
-    codes = [p.exitcode for p in list((getattr(executor, "_processes", None) or {}).values())]
+    workers = list((getattr(executor, "_processes", None) or {}).values())
+    deadline = time.monotonic() + 1.0
+    for worker in workers:  # a worker's end is seen (its pipe closes) before it can be reaped
+        worker.join(max(0.0, deadline - time.monotonic()))
+    codes = [p.exitcode for p in workers]
     signals = [-c for c in codes if c is not None and c < 0 and c != -signal.SIGTERM]
     if signal.SIGKILL in signals:
         return "killed by SIGKILL, often the out-of-memory killer"

@@ -171,10 +171,13 @@ def _bands_first(image: xr.DataArray) -> tuple[xr.DataArray, tuple[str, str]]:
     if not others:
         image = image.expand_dims("band")
         others = ["band"]
+    band = "band" if "band" in others else others[-1]  # rioxarray's name, else the nearest
     if len(others) > 1:
-        raise InputError(f"the array has dimensions {image.dims}; segment one (band, y, x) "
-                         f"image at a time: select the others ({', '.join(others[1:])}) first")
-    return image.transpose(others[0], y_dim, x_dim), (y_dim, x_dim)
+        extra = ", ".join(str(d) for d in others if d != band)
+        raise InputError(f"the array has dimensions {image.dims}; segment one ({band}, y, x) "
+                         f"image at a time: select the others ({extra}) first, e.g. "
+                         f".isel({extra.split(', ')[0]}=0)")
+    return image.transpose(band, y_dim, x_dim), (y_dim, x_dim)
 
 
 def _grid(image: xr.DataArray) -> io.Grid:

@@ -30,9 +30,9 @@ def test_segment_runs_without_yaml_and_prints_a_pipeline_that_reruns(tmp_path, t
         str(tiny_checkpoint), "--device", "cpu", "--tile-size", "32", "--no-crf",
         "--no-polygons", "--set", "tiling.overlap=8", "--progress", "none"])
     assert result.exit_code == 0, result.output
-    printed = result.output.split("Segmented")[0]
+    assert "Segmented tiny.tif" in result.stderr and "Segmented" not in result.stdout
     saved = tmp_path / "saved.yaml"
-    saved.write_text(printed)
+    saved.write_text(result.stdout)  # `segment ... > saved.yaml`: the pipeline, nothing else
     config = load_pipeline(saved)
     assert config.tiling.tile_size == 32 and config.tiling.overlap == 8
     assert not config.crf.enabled and not config.vectorize.enabled
@@ -88,3 +88,13 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, tiny_pi
     assert "\r" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("tiles ")]
     assert lines and lines[-1].startswith("tiles 6/6 (100.0%)"), done.stderr
+
+
+def test_a_default_segment_warns_of_nothing_the_user_did_not_ask(tmp_path, tiny_raster):
+    """The bundled model's overlap (384 px) grows the default tiles, silently: the user set
+    no tile size."""
+    result = CliRunner().invoke(main, ["segment", str(tiny_raster), "-o", str(tmp_path / "out"),
+                                       "--no-crf"])
+    assert result.exit_code == 0, result.output
+    assert "cannot hold" not in result.stderr and "Warning" not in result.stderr
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["windows"]["tile_px"] == 768

@@ -1,6 +1,7 @@
 """``deeplab-geo import-model``: checkpoints from weights trained elsewhere."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -100,6 +101,16 @@ def test_weights_that_do_not_fit_and_pickles_with_code_are_refused(tmp_path):
     assert result.exit_code == 2
     assert "do not fit deeplabv3_mobilenet_v3_large with 2 classes" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+    # another architecture altogether: counts and the first keys, not every key (was 20 KB)
+    wrong = invoke("import-model", weights, "--architecture", "deeplabv3_resnet50",
+                   "--classes", ",".join("abcdefghijklmnopqrstu"), "--out",
+                   tmp_path / "y.safetensors")
+    assert wrong.exit_code == 2
+    line = wrong.output.strip()
+    assert "\n" not in line and len(line) < 500, line
+    assert re.search(r"\(\d+ keys missing: backbone\.\S+, backbone\.\S+, \+\d+ more; \d+ keys "
+                     r"unexpected: \S+, \S+, \+\d+ more", line), line
 
     class Evil:
         def __reduce__(self):

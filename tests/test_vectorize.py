@@ -289,7 +289,8 @@ def test_helper_processes_give_the_same_regions_in_the_same_order(tmp_path, monk
                         lambda pool, function, tasks, **kw: in_helpers.extend(tasks)
                         or imap(pool, function, tasks, **kw))
     geometry, class_id, confidence = collect(2)
-    assert len(in_helpers) >= 3 and worker_pool(2).executor()._processes  # strips went there
+    helpers = worker_pool(2, role="vectorize").executor()._processes
+    assert len(in_helpers) >= 3 and helpers  # strips went there
     assert shapely.equals(geometry, serial[0]).all()
     assert (class_id == serial[1]).all() and np.allclose(confidence, serial[2])
 
@@ -310,7 +311,7 @@ def test_a_killed_helper_process_changes_nothing(tmp_path, monkeypatch):
 
     serial = collect()
     monkeypatch.setattr(regions_module, "HELPER_MIN_PIXELS", 1)
-    pool = worker_pool(2).executor()
+    pool = worker_pool(2, role="vectorize").executor()
     pool.submit(int).result()
     for pid in list(pool._processes):  # the helpers die between two vectorize calls
         os.kill(pid, signal.SIGKILL)

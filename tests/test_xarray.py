@@ -135,7 +135,8 @@ def test_numpy_input_gives_a_computed_result_and_2d_arrays_take_one_band(tmp_pat
     assert isinstance(ds.classes.data, np.ndarray)
     with pytest.raises(InputError, match="3"):
         dx.segment(image.isel(band=0), str(tiny_checkpoint), device="cpu")
-    with pytest.raises(InputError, match="select the others"):
+    with pytest.raises(InputError, match=r"segment one \(band, y, x\) image at a time: select "
+                                          r"the others \(time\) first, e.g. \.isel\(time=0\)"):
         dx.segment(image.expand_dims(time=2), str(tiny_checkpoint), device="cpu")
     with pytest.raises(InputError, match="DataArray"):
         dx.segment(image.to_dataset(name="image"), str(tiny_checkpoint))

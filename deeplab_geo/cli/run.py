@@ -85,17 +85,18 @@ def command(pipeline: Path, input_path: str | None, output_dir: Path | None,
         sys.exit(1)
 
 
-def _echo_outcome(index: int, total: int, outcome) -> None:
+def _echo_outcome(index: int, total: int, outcome, *, err: bool = False) -> None:
+    """One input's outcome, for people (``err``: on stderr, where stdout is for programs)."""
     item = outcome.item
     if outcome.status == "skipped":
         click.echo(f"Skipped {item.key}: finished earlier with the same settings "
-                   "(--force to redo)")
+                   "(--force to redo)", err=err)
     elif outcome.status == "failed":
         click.echo(f"[{index + 1}/{total}] {item.key}: FAILED: {outcome.error}", err=True)
     else:
         raster = outcome.report["raster"]
         prefix = f"[{index + 1}/{total}] " if total > 1 else ""
         click.echo(f"{prefix}Segmented {item.key}: {raster['width']} x {raster['height']} px, "
-                   f"{raster['tiles']} tiles in {outcome.seconds:.1f} s")
+                   f"{raster['tiles']} tiles in {outcome.seconds:.1f} s", err=err)
         for key, path in outcome.outputs.items():
-            click.echo(f"  {key:<11} {path}")
+            click.echo(f"  {key:<11} {path}", err=err)

@@ -4,12 +4,15 @@
     deeplab-geo segment a.tif b.tif --output-dir out --model my_model.safetensors --no-crf
     deeplab-geo segment https://example.org/ortho.tif --output-dir out --tile-size 768
 
-Prints the pipeline it runs (as YAML, on stdout) so that it can be saved and reused with
-``deeplab-geo run``.
+Prints the pipeline it runs (as YAML, on stdout; everything else goes to stderr) so that it
+can be saved and reused with ``deeplab-geo run``::
+
+    deeplab-geo segment ortho.tif -o out > saved.yaml && deeplab-geo run saved.yaml
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,7 +81,8 @@ def command(rasters: tuple[str, ...], output_dir: Path, checkpoint: str, device:
             click.echo("# the pipeline used (save it as a .yaml file to rerun it with "
                        "`deeplab-geo run`):")
             click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
-        result = run_batch(config, force=force, progress=progress, on_outcome=_echo_outcome,
+        result = run_batch(config, force=force, progress=progress,
+                           on_outcome=functools.partial(_echo_outcome, err=True),
                            on_plan=plan_printer("none" if quiet else progress_style))
         failed = failed or bool(result.failed)
     if failed:

@@ -69,12 +69,28 @@ def load_checkpoint(checkpoint: str | Path, map_location: str = "cpu") -> tuple[
     model = build_model(info)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+    except RuntimeError:
         raise CheckpointError(
-            f"{weights}: weights do not fit architecture '{info.architecture}' ({first}); "
-            "use the checkpoint's own metadata") from None
+            f"{weights}: weights do not fit architecture '{info.architecture}' "
+            f"({describe_mismatch(model, state)}); use the checkpoint's own metadata") from None
     return model.eval(), info
+
+
+def describe_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                      shown: int = 2) -> str:
+    """What keeps ``state`` from loading into ``model``, short: how many keys are missing,
+    unexpected or of another shape, with the first ``shown`` of each."""
+    own = model.state_dict()
+    kinds = [("missing", [k for k in own if k not in state]),
+             ("unexpected", [k for k in state if k not in own]),
+             ("of another shape", [k for k in own if k in state
+                                   and tuple(own[k].shape) != tuple(state[k].shape)])]
+    parts = []
+    for kind, keys in kinds:
+        if keys:
+            more = f", +{len(keys) - shown} more" if len(keys) > shown else ""
+            parts.append(f"{len(keys)} keys {kind}: {', '.join(keys[:shown])}{more}")
+    return "; ".join(parts) or "no key differs"
 
 
 def read_state_dict(weights: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:

@@ -36,7 +36,12 @@ from deeplab_geo.checkpoints import ModelInfo
 from deeplab_geo.datasets.voc import voc_palette
 from deeplab_geo.errors import CheckpointError
 from deeplab_geo.models import default_output_stride
-from deeplab_geo.models.checkpoint import build_model, read_state_dict, save_checkpoint
+from deeplab_geo.models.checkpoint import (
+    build_model,
+    describe_mismatch,
+    read_state_dict,
+    save_checkpoint,
+)
 from deeplab_geo.models.convert import from_kazuto1011
 from deeplab_geo.models.reach import measure_reach
 
@@ -94,11 +99,10 @@ def import_model(weights: str | Path, out: str | Path, *, architecture: str,
     model = build_model(info)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    except RuntimeError:
         raise CheckpointError(f"{weights.name}: the weights do not fit {architecture} with "
-                              f"{len(classes)} classes ({lines[0] if lines else exc}); check "
-                              "--architecture, --classes and --output-stride") from None
+                              f"{len(classes)} classes ({describe_mismatch(model, state)}); "
+                              "check --architecture, --classes and --output-stride") from None
     if reach == "auto":
         reach = measure_reach(model, in_channels)
     info = dataclasses.replace(info, reach=reach)

@@ -250,7 +250,7 @@ def _tile_and_overlap(config: PipelineConfig, info: ModelInfo, tile_size: int
         if info.input_size is not None:
             return tile_size, min(overlap, tile_size // 2), source, None
         grown = -(-2 * overlap // 32) * 32
-        note = (logging.WARNING if "tile_size" in asked else logging.INFO,
+        note = (logging.WARNING if "tile_size" in asked else logging.DEBUG,
                 "tiling.tile_size %d cannot hold the model's overlap of %d px and a core as "
                 "wide; tiles of %d px are used (give tiling.overlap to keep %d px tiles)",
                 tile_size, overlap, grown, tile_size)
