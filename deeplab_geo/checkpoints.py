@@ -138,7 +138,8 @@ def read_info(checkpoint: str | Path) -> ModelInfo:
         raise CheckpointError(f"{weights}: checkpoint not found; check model.checkpoint")
     if not meta_file.is_file():
         raise CheckpointError(
-            f"{meta_file}: checkpoint metadata missing; keep the .json beside the weights")
+            f"{meta_file}: checkpoint metadata missing; keep the .json beside the weights, or "
+            f"make a checkpoint of a bare state dict with `deeplab-geo import-model`")
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):

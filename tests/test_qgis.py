@@ -483,9 +483,9 @@ def test_a_raster_far_coarser_than_the_model_fails_at_once_with_one_line(qgis_ho
                          algorithm="deeplab_geo:segment_raster",
                          parameters={"INPUT": str(coarse), "OUTPUT": str(out / "classes.tif")})
     assert report["results"] is None
-    assert report["exception"].startswith("Error: coarse.tif: its pixels (300 m) are 600x "
-                                           "coarser than the model's (0.5 m), so the job would "
-                                           "grow from 80 x 72 to 48,000 x 43,200 px (")
+    assert report["exception"].startswith("Error: coarse.tif: pixels of 300 m, 600x coarser "
+                                           "than the model's 0.5 m (model.max_upsample: 2): "
+                                           "the job would grow to 48,000 x 43,200 px, ")
     assert "model.resolution: native" in report["exception"]
     assert "\n" not in report["exception"] and "Traceback" not in " ".join(report["errors"])
     assert list(out.iterdir()) == [] and report["workdirs_left"] == []

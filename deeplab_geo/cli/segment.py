@@ -37,7 +37,8 @@ FORMATS = ("gpkg", "fgb", "geojson", "parquet")
 @click.option("--output-dir", "-o", type=click.Path(path_type=Path), required=True,
               help="Where outputs go (one raster: here; several: a folder per raster).")
 @click.option("--model", "checkpoint", default="builtin:landcover-demo", show_default=True,
-              help="Checkpoint (.safetensors with its .json, .pt, .onnx) or builtin:<name>.")
+              help="Checkpoint (.safetensors or .pt with its .json; a bare state dict "
+                   "becomes one with `import-model`), .onnx, or builtin:<name>.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--tile-size", type=int,
               help="Tile size in pixels; the largest, for models of any input size "

@@ -78,7 +78,17 @@ def load_yaml_config(path: str | Path, schema: type[_Model],
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a YAML mapping of keys to values")
     data = with_overrides(schema, data, overrides or {}, Path.cwd())
-    return validate(schema, data, str(path), path.parent.resolve())
+    return validate(schema, data, str(path), path.parent.resolve(), overrides)
+
+
+def top_keys(path: str | Path) -> set[str]:
+    """The top-level keys of a YAML mapping file (empty where it is none), to tell a pipeline
+    from a training config in messages."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
 
 
 def with_overrides(schema: type[BaseModel], data: dict[str, Any], overrides: dict[str, Any],
@@ -109,12 +119,18 @@ def updated(config: _Model, changes: dict[str, Any]) -> _Model:
 
 
 def validate(schema: type[_Model], data: dict[str, Any], source: str,
-              base: Path | None = None) -> _Model:
+              base: Path | None = None, overrides: dict[str, Any] | None = None) -> _Model:
     """``data`` validated against ``schema`` (relative paths resolved against ``base`` where
-    given), or a one-line :class:`ConfigError` naming ``source`` and the key."""
+    given), or a one-line :class:`ConfigError` naming ``source`` and the key; or naming the
+    ``--set`` that gave the key, where one of ``overrides`` did."""
     try:
         return schema.model_validate(data, context={_BASE: base} if base is not None else None)
     except ValidationError as exc:
+        key = ".".join(str(p) for p in _without_union_tags(schema, exc.errors()[0]["loc"]))
+        given = [k for k in overrides or {} if key == k or key.startswith(k + ".")
+                 or k.startswith(key + ".")]
+        if given:
+            source = f"--set {given[0]}={overrides[given[0]]}"
         raise ConfigError(f"{source}: {_describe(schema, exc)}") from None
 
 
@@ -182,7 +198,9 @@ def _describe(schema: type[BaseModel], exc: ValidationError) -> str:
         return f"missing required key '{key}'; add it to the pipeline"
     if kind == "value_error":
         return f"{key}: {err['msg'].removeprefix('Value error, ')}"
-    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+    got = err.get("ctx", {}).get("tag") if kind == "union_tag_invalid" else err.get("input")
+    shown = repr(got)
+    return f"{key}: {err['msg']} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
 
 
 def _section_for(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -15,6 +15,7 @@ from deeplab_geo.config.base import (
     _Section,
     is_url,
     load_yaml_config,
+    top_keys,
     validate,
 )
 from deeplab_geo.errors import ConfigError
@@ -394,9 +395,17 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             paths given here resolve against the working directory.
 
     Raises:
-        ConfigError: the file is missing, not YAML, or does not validate.
+        ConfigError: the file is missing, not YAML, or does not validate (a training config
+            given instead is named as such).
     """
-    return load_yaml_config(path, PipelineConfig, overrides)
+    try:
+        return load_yaml_config(path, PipelineConfig, overrides)
+    except ConfigError:
+        if "data" in top_keys(path) and "input" not in top_keys(path):
+            raise ConfigError(f"{path}: a training config for `deeplab-geo train`, not a "
+                              "pipeline (it has a data section and no input); give a pipeline "
+                              "such as pipelines/landcover.yaml") from None
+        raise
 
 
 def validate_pipeline(data: dict[str, Any], source: str = "pipeline") -> PipelineConfig:

@@ -15,10 +15,12 @@ from deeplab_geo.config.base import (
     Device,
     _Section,
     load_yaml_config,
+    top_keys,
     validate,
     with_overrides,
 )
 from deeplab_geo.config.pipeline import CRFSettings, TTASettings
+from deeplab_geo.errors import ConfigError
 
 
 class SyntheticDataSettings(_Section):
@@ -320,8 +322,20 @@ class DatasetEvalConfig(TrainConfig):
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read and validate a training YAML file (paths relative to its folder)."""
-    return load_yaml_config(path, TrainConfig, overrides)
+    """Read and validate a training YAML file (paths relative to its folder).
+
+    Raises:
+        ConfigError: as :func:`~deeplab_geo.config.base.load_yaml_config`; a pipeline file
+            given instead is named as such.
+    """
+    try:
+        return load_yaml_config(path, TrainConfig, overrides)
+    except ConfigError:
+        if top_keys(path) >= {"input", "output_dir"} and not is_training_config(path):
+            raise ConfigError(f"{path}: a pipeline for `deeplab-geo run`, not a training config "
+                              "(it has no data section); give a training config such as "
+                              "pipelines/train_chips_demo.yaml") from None
+        raise
 
 
 def load_dataset_eval_config(path: str | Path | None,

@@ -61,6 +61,9 @@ def open_labels(path: str | Path, grid: Grid, *, class_field: str = "class_id",
             holds class ids outside 0..254 or names not in ``classes``.
     """
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: labels not found; check the labels path (--labels, "
+                         "data.labels)")
     if is_vector(path):
         return VectorLabels(path, grid, class_field=class_field, layer=layer, values=values,
                             classes=classes)

@@ -174,12 +174,10 @@ def model_resolution(config: PipelineConfig, info: ModelInfo, ds: Any
         tiles = len(tiling.axis_spans(height, tile_size, overlap, 1, fit)) \
             * len(tiling.axis_spans(width, tile_size, overlap, 1, fit))
         raise InputError(
-            f"{_name(ds)}: its pixels ({metres_text(raster_m)}) are {factor:,.3g}x coarser than "
-            f"the model's ({metres_text(model_m)}), so the job would grow from "
-            f"{_size(ds.width, ds.height)} to {_size(width, height)} px ({tiles:,} tiles; "
-            f"model.max_upsample is {limit:g}); run at the raster's resolution with "
-            "model.resolution: native, name one with model.resolution: <m/px>, or use a model "
-            f"made for about {metres_text(raster_m)} pixels")
+            f"{_name(ds)}: pixels of {metres_text(raster_m)}, {factor:,.3g}x coarser than the "
+            f"model's {metres_text(model_m)} (model.max_upsample: {limit:g}): the job would grow "
+            f"to {_size(width, height)} px, {tiles:,} tiles; set model.resolution: native (or "
+            f"<m/px>), or use a model made for about {metres_text(raster_m)}")
     return raster_m, model_m, "model metadata"
 
 
