@@ -26,9 +26,7 @@ import sys
 from pathlib import Path
 
 from measure import measure  # benchmarks/measure.py, beside this script
-from scale import corner_vrt
-
-from deeplab_geo.tools.sample import write_sample
+from scale import corner_vrt, demo_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from deeplab_geo.cli import main; main()"]
@@ -51,10 +49,7 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     args = parser.parse_args()
     work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    scene = work / "sample" / "orthophoto.tif"
-    if not scene.exists():
-        write_sample(work / "sample", seed=0, size=2048)
+    scene = demo_scene(work)
     env = {**os.environ, "DEEPLAB_GEO_CACHE": str(work / "cache")}
     print("| raster | tiles planned / cut | s, first plan | s, plan after a run | s, run "
           "(wall) | MB planned | MB measured (process tree) | time ratio (first) | "

@@ -24,6 +24,15 @@ from measure import measure  # benchmarks/measure.py, beside this script
 from deeplab_geo.tools.sample import write_sample
 
 
+def demo_scene(work: Path) -> Path:
+    """The demo scene (seed 0, 2048 px) in ``work/sample``, written once."""
+    work.mkdir(parents=True, exist_ok=True)
+    scene = work / "sample" / "orthophoto.tif"
+    if not scene.exists():
+        write_sample(work / "sample", seed=0, size=2048)
+    return scene
+
+
 def corner_vrt(path: Path, size: int, source: Path) -> Path:
     """A ``size`` px square VRT holding ``source`` in its upper-left corner (nodata 0)."""
     import rasterio
@@ -50,10 +59,7 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     args = parser.parse_args()
     work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    scene = work / "sample" / "orthophoto.tif"
-    if not scene.exists():
-        write_sample(work / "sample", seed=0, size=2048)
+    scene = demo_scene(work)
     print("| raster | data | wall s | tiles | peak RSS MB (largest process) | "
           "peak RSS MB (process tree) | classes MB | confidence MB | polygons |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -22,9 +22,7 @@ import sys
 from pathlib import Path
 
 from measure import measure  # benchmarks/measure.py, beside this script
-from scale import corner_vrt
-
-from deeplab_geo.tools.sample import write_sample
+from scale import corner_vrt, demo_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,10 +67,7 @@ def main() -> None:
     parser.add_argument("--skip-agreement", action="store_true")
     args = parser.parse_args()
     work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    scene = work / "sample" / "orthophoto.tif"
-    if not scene.exists():
-        write_sample(work / "sample", seed=0, size=2048)
+    scene = demo_scene(work)
     if not args.skip_agreement:
         agreement(work, scene)
     print()
