@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test evaluate-demo train-demo lint clean qgis-plugin qgis-deps real-data
 
-$(STAMP): pyproject.toml plugins/onnx/pyproject.toml
+$(STAMP): pyproject.toml plugins/onnx/pyproject.toml plugins/openvino/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]' -e plugins/onnx
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]' -e plugins/onnx -e plugins/openvino
 	touch $(STAMP)
 
 data/sample/orthophoto.tif: | $(STAMP)

@@ -2,7 +2,8 @@
 
     python benchmarks/backends.py [--checkpoint builtin:landcover-demo] [--batch 4] [--tile 512]
 
-Tiles are cut from the demo scene (seed 0, generated in memory). For each backend: Mpx/s of
+Tiles are cut from the demo scene (seed 0, generated in memory). For each backend (OpenVINO
+at fp32 and, where the CPU has it natively, bf16): Mpx/s of
 ``predict`` (normalisation and softmax included, as the pipeline calls it), its speed-up over
 the eager fp32 baseline (the example plugin ``plugins/example_eager``), and the share of pixels
 whose label equals the torch backend's.
@@ -49,10 +50,16 @@ def main() -> None:
     tiles = tiles.astype(np.float32)
     batches = [tiles[i:i + args.batch] for i in range(0, n, args.batch)]
 
-    names = [b for b in ("eager", "torch", "onnx") if b in registered_backends()]
+    runs = [(b, {}) for b in ("eager", "torch", "onnx") if b in registered_backends()]
+    if "openvino" in registered_backends():
+        from deeplab_geo_openvino import native_precisions
+
+        runs += [("openvino", {"precision": p}) for p in ("fp32", "bf16")
+                 if p in native_precisions()]
     rows, labels = [], {}
-    for name in names:
-        predictor = get_backend(name).load(args.checkpoint, device="cpu")
+    for backend, options in runs:
+        name = " ".join([backend, *options.values()])
+        predictor = get_backend(backend).load(args.checkpoint, device="cpu", **options)
         predictor.predict(batches[0])  # warm-up
         started = time.perf_counter()
         outputs = [predictor.predict(b) for b in batches[1:]]

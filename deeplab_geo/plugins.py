@@ -111,21 +111,31 @@ def get_backend(name: str, pm: pluggy.PluginManager | None = None) -> Backend:
 
 
 def load_model(backend: str, checkpoint: str, device: str,
-               metadata: dict[str, Any] | None = None, pm: pluggy.PluginManager | None = None
-               ) -> Predictor:
+               metadata: dict[str, Any] | None = None, pm: pluggy.PluginManager | None = None,
+               precision: str = "auto") -> Predictor:
     """``get_backend(backend).load(checkpoint, device=device)``, passing ``metadata`` (the
-    pipeline's ``model.metadata``) to backends that take it.
+    pipeline's ``model.metadata``) and ``precision`` (``model.precision``, unless ``auto``) to
+    backends that take them. A backend that takes no precision runs fp32 on the CPU, so
+    ``fp32`` is asked of it as ``auto``.
 
     Raises:
-        BackendError: no such backend, or metadata for a backend that takes none.
+        BackendError: no such backend, or metadata or a precision for a backend that takes
+            none.
     """
     loader = get_backend(backend, pm).load
-    if not metadata:
-        return loader(checkpoint, device=device)
+    options: dict[str, Any] = {"metadata": metadata} if metadata else {}
+    if precision != "auto":
+        options["precision"] = precision
     try:
-        return loader(checkpoint, device=device, metadata=metadata)
+        return loader(checkpoint, device=device, **options)
     except TypeError as exc:
-        if "metadata" not in str(exc):
+        if "metadata" in str(exc):
+            raise BackendError(f"backend '{backend}' takes no model.metadata (only foreign "
+                               "models on the onnx and openvino backends do); remove it") from None
+        if "precision" not in str(exc):
             raise
-        raise BackendError(f"backend '{backend}' takes no model.metadata (only foreign models "
-                           "on the onnx backend do); remove it") from None
+        if precision == "fp32":
+            options.pop("precision")
+            return loader(checkpoint, device=device, **options)
+        raise BackendError(f"backend '{backend}' runs fp32 only; use model.precision fp32 or "
+                           "auto, or model.backend: openvino for bf16") from None

@@ -98,7 +98,7 @@ def segment(image: xr.DataArray, checkpoint: str | None = None, *,
     image, (y_dim, x_dim) = _bands_first(image)
     grid = _grid(image)
     predictor = load_model(config.model.backend, config.model.checkpoint, config.model.device,
-                           config.model.metadata)
+                           config.model.metadata, precision=config.model.precision)
     info = predictor.info
     io.check_raster(grid, bands=info.in_channels)
     plan = plan_windows(config, info, grid)

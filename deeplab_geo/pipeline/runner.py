@@ -162,7 +162,7 @@ def _prepare(config: PipelineConfig, remeasure: bool = False) -> _Prepared:
         _refuse_early(config, ds)
         footprint = planning.Footprint()
         predictor = load_model(backend_name, config.model.checkpoint, config.model.device,
-                               config.model.metadata)
+                               config.model.metadata, precision=config.model.precision)
         info = predictor.info
         io.check_raster(ds, bands=info.in_channels)
         plan = plan_windows(config, info, ds)

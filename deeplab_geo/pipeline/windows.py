@@ -274,6 +274,7 @@ class WindowSettings:
     crf_processes: int = 1
     confidence: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ def window_settings(config: PipelineConfig, plan: WindowPlan,
     return WindowSettings(config.model.backend, str(config.model.checkpoint),
                           config.model.device, config.tta, settings, plan, colours,
                           config.execution.crf_processes, config.outputs.confidence,
-                          config.model.metadata)
+                          config.model.metadata, config.model.precision)
 
 
 Read = tuple["np.ndarray | None", np.ndarray]
@@ -356,7 +357,7 @@ def process_windows(settings: WindowSettings, tiles: list[tiling.Tile], reads: l
     if not todo:
         return [None] * len(tiles)
     predictor = load_model(settings.backend, settings.checkpoint, settings.device,
-                           settings.metadata)
+                           settings.metadata, precision=settings.precision)
     plan = settings.plan
     images = {i: _to_model(plan, io.blank_nodata(*reads[i])) for i in todo}
     batch = _pad_to(np.stack([images[i] for i in todo]), plan.align)
