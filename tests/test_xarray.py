@@ -164,11 +164,14 @@ def test_vectorize_gives_the_cli_polygons(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.slow  # SIGKILL / cluster / 1536 px: make test PYTEST_ARGS=--run-slow
-def test_runs_on_a_distributed_cluster(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("crf", [False, True])
+def test_runs_on_a_distributed_cluster(tmp_path, tiny_checkpoint, crf):
+    """With the CRF too: a worker process may not start the CRF's helpers (it refines its
+    tiles itself; it used to fail: daemonic processes are not allowed to have children)."""
     from distributed import Client, LocalCluster
 
     raster = _scene(tmp_path)
-    pipeline = _pipeline(tmp_path, tiny_checkpoint, crf=False)
+    pipeline = _pipeline(tmp_path, tiny_checkpoint, crf=crf)
     expected = _run_classes(pipeline)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:

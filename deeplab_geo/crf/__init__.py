@@ -43,7 +43,7 @@ from deeplab_geo.crf.features import (
     position_features,
     stretched,
 )
-from deeplab_geo.processes import WorkerPool, worker_pool
+from deeplab_geo.processes import WorkerPool, may_start_processes, worker_pool
 
 __all__ = ["CRFParams", "ColourMapping", "colour_bands", "colour_features", "colour_mapping",
            "kernel_features", "position_features", "refine", "refine_many", "start_pool",
@@ -84,13 +84,15 @@ def refine_many(items: list[tuple[np.ndarray, ...]], params: CRFParams,
     The torch refiner runs them one after the other in this process (on ``params.device``;
     torch uses several threads itself). pydensecrf holds the GIL, so threads cannot run two
     of its refinements at once; with ``processes > 1`` the tiles go to a pool of that many
-    processes (see :func:`start_pool`), pickled there and back. A worker that dies is
+    processes (see :func:`start_pool`), pickled there and back; in a process that may start
+    none (a dask worker process) they run here, one after the other. A worker that dies is
     replaced and its tiles retried once (:mod:`deeplab_geo.processes`).
 
     Raises:
         WorkerError: a worker process died twice on these tiles.
     """
-    if params.refiner == "torch" or processes <= 1 or len(items) <= 1:
+    if params.refiner == "torch" or processes <= 1 or len(items) <= 1 \
+            or not may_start_processes():  # a dask worker process may start none
         return [_refine_item(item, params) for item in items]
     return _crf_pool(processes).map(_refine_item, [(item, params) for item in items])
 
