@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -392,10 +392,10 @@ def _compute_distributed(client: Any, jobs: list[TileJob], hand_on: HandOn, bar:
                          in_flight: int) -> None:
     """Batches run on the cluster's workers; their cores are handed on here as they arrive.
 
-    Worker processes are daemonic and cannot start a CRF process pool: parallelism comes from
-    the workers themselves.
+    Worker processes started by a nanny are daemonic and start no CRF helpers: they refine
+    their tiles themselves (:func:`deeplab_geo.crf.refine_many`), and parallelism comes from
+    the workers.
     """
-    jobs = [replace(job, settings=replace(job.settings, crf_processes=1)) for job in jobs]
 
     def received(index: int, cores: list[TileCore]) -> None:
         done = hand_on(jobs[index], cores)
