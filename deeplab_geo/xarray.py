@@ -48,6 +48,7 @@ import xarray as xr
 from deeplab_geo import crf as crf_module
 from deeplab_geo.config import PipelineConfig, load_pipeline, updated
 from deeplab_geo.errors import ConfigError, InputError
+from deeplab_geo.pipeline.runner import output_names
 from deeplab_geo.pipeline.windows import (
     WindowSettings,
     array_window,
@@ -326,15 +327,13 @@ def write(result: xr.Dataset, output_dir: str | Path, *, stem: str = "segmented"
     colours = [[int(h[i:i + 2], 16) for i in (1, 3, 5)]
                for h in classes.attrs.get("class_colours", [])] or None
     output_dir = Path(output_dir)
-    files = {"classes": f"{stem}_classes.tif", "confidence": f"{stem}_confidence.tif",
-             "polygons": f"{stem}.gpkg"}
-    if confidence is None:
-        del files["confidence"]
     settings = None
     if polygons:
         settings = _vectorize_settings(polygons if isinstance(polygons, dict) else None)
-    else:
-        del files["polygons"]
+    wanted = {"classes": True, "confidence": confidence is not None, "polygons": bool(polygons)}
+    files = {key: name for key, name in output_names(
+        Path(f"{stem}.tif"), settings.format if settings else "gpkg").items()
+        if wanted.get(key)}  # the names `deeplab-geo run` gives its outputs
     profile = {"crs": grid.crs, "transform": grid.transform, "width": grid.width,
                "height": grid.height}
     with io.staged_outputs(output_dir) as staging:

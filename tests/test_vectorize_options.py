@@ -253,3 +253,19 @@ def test_write_polygons_writes_a_frame_by_extension(tmp_path):
     frame = polygonize(cls, None, NAMES)
     write_polygons(frame, tmp_path / "l.fgb")
     assert len(gpd.read_file(tmp_path / "l.fgb")) == len(frame)
+
+
+def test_every_path_names_its_outputs_as_the_cli_does(tmp_path):
+    """One source for output names: the QGIS plugin (which cannot import deeplab_geo) keeps
+    the same suffixes, checked here against ``output_names``."""
+    import ast
+
+    source = (Path(__file__).resolve().parents[1] / "plugins" / "qgis" / "deeplab_geo_qgis"
+              / "algorithms.py").read_text(encoding="utf-8")
+    assignment = next(node for node in ast.walk(ast.parse(source))
+                      if isinstance(node, ast.Assign)
+                      and getattr(node.targets[0], "id", "") == "OUTPUT_SUFFIXES")
+    suffixes = ast.literal_eval(assignment.value)
+    names = output_names(Path("d/scene.tif"))
+    assert {key: "scene" + suffix if key != "report" else suffix
+            for key, suffix in suffixes.items()} == {key: names[key] for key in suffixes}

@@ -223,6 +223,10 @@ def test_write_gives_the_cli_outputs_in_one_pass(tmp_path, tiny_checkpoint):
                                          for i in (1, 3, 5)], 255)
     assert len(geopandas.read_file(outputs["polygons"])) == \
         len(geopandas.read_file(cli["polygons"]))
+    # another polygon format takes the CLI's name for it too
+    flat = dx.write(ds, tmp_path / "fgb", stem="scene", polygons={"format": "fgb"})
+    assert flat["polygons"].name == "scene.fgb"
+    assert len(geopandas.read_file(flat["polygons"])) == len(geopandas.read_file(cli["polygons"]))
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path, tiny_checkpoint):
