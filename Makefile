@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml plugins/onnx/pyproject.toml plugins/openvino/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]' -e plugins/onnx -e plugins/openvino
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]' -e plugins/onnx -e 'plugins/openvino[quantize]'
 	touch $(STAMP)
 
 data/sample/orthophoto.tif: | $(STAMP)

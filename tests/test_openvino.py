@@ -3,6 +3,8 @@ unmodified, bf16 only where the CPU has it, precisions refused where a backend l
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
@@ -92,3 +94,54 @@ def test_it_registers_through_the_entry_point_and_is_not_auto_yet():
     assert "openvino" in backends
     assert backends["openvino"].backend.auto_priority["cpu"] < \
         backends["onnx"].backend.auto_priority["cpu"]
+
+
+@pytest.fixture
+def calibration(tmp_path):
+    return write_raster(tmp_path / "calibration.tif", two_region_image(160, 192, seed=7))
+
+
+def test_quantize_writes_an_int8_model_that_runs(tmp_path, tiny_checkpoint, calibration, tiles):
+    pytest.importorskip("nncf")
+    from click.testing import CliRunner
+
+    from deeplab_geo.cli import main
+
+    out = tmp_path / "int8"
+    done = CliRunner().invoke(main, ["quantize", str(tiny_checkpoint), "--calibration",
+                                     str(calibration), "--out", str(out), "--tile-size", "64",
+                                     "--tiles", "12", "--min-agreement", "0.5"])
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in out.iterdir()) == ["model.bin", "model.json", "model.xml",
+                                                     "quantize.json"]
+    report = json.loads((out / "quantize.json").read_text())
+    assert (report["calibration_tiles"], report["held_out_tiles"]) == (8, 4)
+    assert 0.5 <= report["agreement"] <= 1
+    predictor = load_model("openvino", str(out / "model.xml"), "cpu", precision="int8")
+    assert predictor.precision == "int8" and predictor.info.classes == ["water", "land", "road"]
+    int8 = predictor.predict(tiles[:, :, :64, :64])
+    fp32 = load_model("onnx", str(tiny_checkpoint), "cpu").predict(tiles[:, :, :64, :64])
+    assert int8.shape == fp32.shape and np.allclose(int8.sum(1), 1, atol=1e-3)
+
+
+def test_an_int8_model_below_the_agreement_asked_is_refused_and_nothing_written(
+        tmp_path, tiny_checkpoint, calibration):
+    pytest.importorskip("nncf")
+    from deeplab_geo_openvino.quantize import quantize
+
+    from deeplab_geo.errors import CheckpointError
+
+    kept = quantize(str(tiny_checkpoint), [calibration], tmp_path / "kept", tile=64, tiles=12,
+                    min_agreement=0.0)
+    with pytest.raises(CheckpointError, match=r"agrees with fp32 on [\d.]+% of 4 held-out "
+                                              r"tiles' pixels, below .*; nothing written"):
+        quantize(str(tiny_checkpoint), [calibration], tmp_path / "refused", tile=64, tiles=12,
+                 min_agreement=kept.agreement + 0.001)  # the same tiles: the same agreement
+    assert not (tmp_path / "refused").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".deeplab-geo-")]
+
+
+def test_int8_asks_for_an_int8_model(tiny_checkpoint):
+    with pytest.raises(BackendError, match="is not an INT8 model; make one with `deeplab-geo "
+                                           "quantize`"):
+        load_model("openvino", str(tiny_checkpoint), "cpu", precision="int8")

@@ -13,6 +13,7 @@ from deeplab_geo.cli import (
     export_onnx,
     import_model,
     plan,
+    quantize,
     run,
     sample,
     schema,
@@ -42,5 +43,5 @@ def main() -> None:
 
 
 for module in (run, segment, plan, sample, stack, schema, train, evaluate, export_onnx,
-               import_model, backends):
+               import_model, quantize, backends):
     main.add_command(module.command)

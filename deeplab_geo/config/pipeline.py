@@ -57,10 +57,11 @@ class ModelSettings(_Section):
     raster's, a number (metres per pixel) sets it. Windows are resampled to it before inference
     and the probabilities back to the raster's grid. With ``auto``, a raster coarser than the
     model by more than ``max_upsample`` is refused before anything is read."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     """Arithmetic of inference: ``fp32``; ``bf16`` where the backend and the CPU have it natively
-    (the ``openvino`` backend on CPUs with AVX-512 BF16 or AMX); ``auto``, what the backend runs
-    by default (fp32 on CPUs, as validated)."""
+    (the ``openvino`` backend on CPUs with AVX-512 BF16 or AMX); ``int8``: the checkpoint must be
+    an INT8 model (``deeplab-geo quantize``, ``openvino`` backend); ``auto``, what the backend
+    runs by default (fp32 on CPUs, as validated; an INT8 model runs INT8)."""
     max_upsample: float = Field(2.0, ge=1.0, le=1000.0)
     """With ``resolution: auto``, how much coarser than the model's a raster's pixels may be:
     up to this factor the raster is upsampled to the model's resolution (with a warning);
