@@ -406,6 +406,9 @@ class Footprint:
 class _PeakMemory:
     """The peak resident memory of this process within a block, above its level at the start
     (Linux: ``/proc/self/clear_refs`` resets the high-water mark; elsewhere a sampling thread).
+
+    The reset is process-wide: ``getrusage``'s ``ru_maxrss`` of a run then counts from its
+    plan's probe on (benchmarks sample the process tree's memory instead).
     """
 
     def __enter__(self) -> _PeakMemory:
