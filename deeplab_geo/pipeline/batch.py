@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import fcntl
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -48,11 +47,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import deeplab_geo
-from deeplab_geo.checkpoints import metadata_path, resolve
 from deeplab_geo.config import PipelineConfig, updated
 from deeplab_geo.errors import DeepLabGeoError, InputError, OutputError
 from deeplab_geo.files import atomic_path, write_atomic
+from deeplab_geo.pipeline.fingerprint import config_hash, file_stamp
 from deeplab_geo.raster.io import STAGING_PREFIX, writing
 
 log = logging.getLogger(__name__)
@@ -61,8 +59,6 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
 MANIFEST = "manifest.json"
 MERGED = "merged.gpkg"
 _MANIFEST_FORMAT = "deeplab-geo-manifest/1"
-# keys that change where or how fast a run happens, not what it produces
-_NOT_HASHED = ("input", "output_dir", "execution", "cluster", "batch")
 
 
 @dataclass(frozen=True)
@@ -156,26 +152,6 @@ def plan(inputs: list[Path | str], output_dir: Path, *, batch: bool) -> list[Bat
     return items
 
 
-def config_hash(config: PipelineConfig) -> str:
-    """A hash of everything that decides a run's outputs, not its paths: the settings, the
-    package version, and the checkpoint's weights and metadata files (size and modification
-    time; built-in checkpoints included, so a changed model is never mistaken for the old)."""
-    settings = json.loads(config.model_dump_json(exclude=set(_NOT_HASHED)))
-    weights = resolve(config.model.checkpoint)
-    settings["checkpoint_files"] = [_file_stamp(path) if path.exists() else None
-                                    for path in (weights, metadata_path(weights))]
-    settings["version"] = deeplab_geo.__version__
-    text = json.dumps(settings, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _file_stamp(path: Path | str) -> list[int] | str:
-    if isinstance(path, str):  # a URL: nothing to stat
-        return path
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
-
-
 class Manifest:
     """``manifest.json`` of an output directory, rewritten atomically after every change."""
 
@@ -196,7 +172,7 @@ class Manifest:
         entry = self.entries.get(str(item.path))
         if not entry or entry.get("status") != "done" or entry.get("config_hash") != digest:
             return False
-        if entry.get("input") != _file_stamp(item.path):
+        if entry.get("input") != file_stamp(item.path):
             return False
         root = self.path.parent
         return all((root / rel).exists() for rel in entry.get("outputs", {}).values())
@@ -209,7 +185,7 @@ class Manifest:
             "seconds": round(outcome.seconds, 2),
         }
         if outcome.status == "done":
-            entry["input"] = _file_stamp(item.path)
+            entry["input"] = file_stamp(item.path)
             entry["outputs"] = {k: p.relative_to(root).as_posix()
                                 for k, p in outcome.outputs.items()}
         else:

@@ -13,9 +13,9 @@ forward pass on a batch of one real tile of the raster, and the dense CRF on a c
 each timed and its memory high-water mark taken (``/proc/self/clear_refs``). A finished run
 replaces the timings with what it really took, so the next plan of the same settings uses
 them. Both are kept in ``speed.json`` in the cache folder (``$DEEPLAB_GEO_CACHE``, see
-:func:`deeplab_geo.tools.export.cache_dir`), keyed by everything that sets the speed: the model
-file, backend, device, tile and batch size, test-time augmentation, the CRF's settings,
-threads and processes, and this machine's CPU count.
+:func:`deeplab_geo.tools.export.cache_dir`), keyed by everything that sets the speed (see
+:func:`speed_key`): the settings and model files that decide the outputs, threads,
+processes, tile and batch size, and this machine's CPU count.
 
 The memory estimate is the sum of what a run holds at its busiest (see :func:`_memory_mb`):
 this process once the model is loaded, the forward pass's activations, the batches in flight,
@@ -46,6 +46,7 @@ from deeplab_geo.config import PipelineConfig
 from deeplab_geo.errors import OutputError
 from deeplab_geo.files import write_atomic
 from deeplab_geo.pipeline import tta
+from deeplab_geo.pipeline.fingerprint import config_hash
 from deeplab_geo.pipeline.windows import (
     WindowPlan,
     _mask_to_model,
@@ -225,27 +226,13 @@ def check_disk(run_plan: RunPlan, output_dir: Path) -> None:
 # --- speed: measured on this machine, kept in the cache -------------------------------------
 
 def speed_key(config: PipelineConfig, plan: WindowPlan, tile: tuple[int, int]) -> str:
-    """A hash of everything that sets a run's speed (see the module docstring); ``tile``: the
-    largest tile's size at the model's resolution."""
-    from deeplab_geo.checkpoints import metadata_path, resolve
-
-    weights = resolve(config.model.checkpoint)
-    stamps = []
-    for path in (weights, metadata_path(weights)):
-        try:
-            stat = Path(path).stat()
-            stamps.append([str(path), stat.st_size, stat.st_mtime_ns])
-        except OSError:
-            stamps.append(str(path))
-    settings = {
-        "model": stamps, "backend": config.model.backend, "device": config.model.device,
-        "tile": list(tile), "batch": plan.batch_size, "metadata": config.model.metadata,
-        "tta": config.tta.model_dump(), "crf": config.crf.model_dump(mode="json"),
-        "execution": config.execution.model_dump(mode="json"),
-        "cluster": config.cluster.model_dump(mode="json"),
-        "vectorize": config.vectorize.enabled, "confidence": config.outputs.confidence,
-        "cpus": os.cpu_count(),
-    }
+    """A hash of everything that sets a run's speed (see the module docstring): what decides
+    its outputs (:func:`~deeplab_geo.pipeline.fingerprint.config_hash`: settings, model files,
+    version), how it executes, the batch size, ``tile`` (the largest tile's size at the
+    model's resolution) and this machine's CPU count."""
+    settings = {"outputs": config_hash(config), "tile": list(tile), "batch": plan.batch_size,
+                "execution": config.execution.model_dump(mode="json"),
+                "cluster": config.cluster.model_dump(mode="json"), "cpus": os.cpu_count()}
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
